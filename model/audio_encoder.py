@@ -1,0 +1,69 @@
+"""Wav2Vec2-family audio encoder that returns frame-level hidden states."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from transformers import AutoFeatureExtractor, AutoModel
+
+from model.device import inference_dtype, pick_device
+from model.features import EncodedBatch
+
+
+class AudioEncoder:
+    """Wraps any Wav2Vec2-family checkpoint (wav2vec2, HuBERT, WavLM), by id or folder."""
+
+    def __init__(self, name_or_path: str, device: str | None = None):
+        self.name_or_path = name_or_path
+        self.device = pick_device(device)
+        self.feature_extractor = AutoFeatureExtractor.from_pretrained(name_or_path, trust_remote_code=False)
+        self.model = AutoModel.from_pretrained(
+            name_or_path,
+            trust_remote_code=False,
+            use_safetensors=True,
+            dtype=inference_dtype(self.device),
+        ).to(self.device)
+        self.model.eval()
+        # Checkpoints with group-norm feature encoders (e.g. wav2vec2-base) were trained
+        # without attention masks; passing one changes their output. Those get no mask,
+        # and callers keep padding small by batching similar lengths together.
+        self.uses_attention_mask = getattr(self.model.config, "feat_extract_norm", "layer") == "layer"
+
+    @property
+    def sampling_rate(self) -> int:
+        return int(self.feature_extractor.sampling_rate)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.config.hidden_size
+
+    def frame_count(self, num_samples: int) -> int:
+        return int(self.model._get_feat_extract_output_lengths(torch.tensor(num_samples)))
+
+    def _inputs(self, waveforms: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        # Normalise each waveform on its own samples, then pad with zeros: normalising
+        # after padding would let a long neighbour change a short item's statistics.
+        values = [
+            np.asarray(self.feature_extractor(w.numpy(), sampling_rate=self.sampling_rate)["input_values"][0])
+            for w in waveforms
+        ]
+        longest = max(len(v) for v in values)
+        batch = torch.zeros(len(values), longest)
+        mask = torch.zeros(len(values), longest, dtype=torch.long)
+        for i, v in enumerate(values):
+            batch[i, : len(v)] = torch.from_numpy(v)
+            mask[i, : len(v)] = 1
+        return batch, mask
+
+    def forward(self, waveforms: list[torch.Tensor]) -> EncodedBatch:
+        inputs, sample_mask = self._inputs(waveforms)
+        kwargs = {"attention_mask": sample_mask.to(self.device)} if self.uses_attention_mask else {}
+        out = self.model(inputs.to(self.device, self.model.dtype), **kwargs)
+        hidden = out.last_hidden_state.float()
+        lengths = self.model._get_feat_extract_output_lengths(sample_mask.sum(dim=1))
+        frames = torch.arange(hidden.shape[1])[None, :] < lengths.cpu()[:, None]
+        return EncodedBatch(hidden=hidden, mask=frames.to(hidden.device))
+
+    @torch.inference_mode()
+    def encode(self, waveforms: list[torch.Tensor]) -> EncodedBatch:
+        return self.forward(waveforms)

@@ -1,0 +1,58 @@
+"""BERT-family text encoder that returns token-level hidden states."""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+from model.device import inference_dtype, pick_device
+from model.features import EncodedBatch
+
+
+class TextEncoder:
+    """Wraps any BERT-family checkpoint, by hub id or local folder.
+
+    Only safetensors weights are loaded and remote code is never trusted.
+    """
+
+    def __init__(self, name_or_path: str, max_length: int = 128, device: str | None = None):
+        self.name_or_path = name_or_path
+        self.max_length = max_length
+        self.device = pick_device(device)
+        self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
+        self.model = AutoModel.from_pretrained(
+            name_or_path,
+            trust_remote_code=False,
+            use_safetensors=True,
+            dtype=inference_dtype(self.device),
+        ).to(self.device)
+        self.model.eval()
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.config.hidden_size
+
+    def tokenize(self, texts: list[str]):
+        # Pad to the longest text in the batch, never to max_length: padding is wasted compute.
+        return self.tokenizer(
+            texts, padding="longest", truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+
+    def tokens(self, text: str) -> list[str]:
+        """The token strings the model sees for ``text``, special tokens included."""
+        ids = self.tokenize([text])["input_ids"][0].tolist()
+        return self.tokenizer.convert_ids_to_tokens(ids)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, truncation=False)["input_ids"])
+
+    def forward(self, texts: list[str]) -> EncodedBatch:
+        """Encode with gradients when the model is in training mode (fine-tuning)."""
+        batch = self.tokenize(texts).to(self.device)
+        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                         **({"token_type_ids": batch["token_type_ids"]} if "token_type_ids" in batch else {}))
+        return EncodedBatch(hidden=out.last_hidden_state.float(), mask=batch["attention_mask"].bool())
+
+    @torch.inference_mode()
+    def encode(self, texts: list[str]) -> EncodedBatch:
+        return self.forward(texts)
