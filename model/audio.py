@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,7 +40,9 @@ def _probe(data: bytes) -> sf._SoundFileInfo:
 
 
 def _short(exc: Exception) -> str:
-    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    """libsndfile's message without the Python object repr it embeds."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return re.sub(r"Error opening <[^>]*>: ", "", text)[:200]
 
 
 def decode_audio(data: bytes, target_rate: int, limits: AudioLimits = AudioLimits()) -> torch.Tensor:

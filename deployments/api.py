@@ -1,0 +1,206 @@
+"""The HTTP contract: request limits, response schema, and the one error family.
+
+Every failure the service can report is a ``ServiceError`` (or a model-layer
+``ModelInputError``) and is turned into an HTTP status in exactly one place,
+``install_error_handlers``. Handlers never pick status codes themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from model.errors import AudioTooLargeError, AudioTooLongError, ModelInputError, TextTooLongError
+
+logger = logging.getLogger("ray.serve")
+
+
+class Limits(BaseModel):
+    """Request limits. Defaults are the documented service defaults (README)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_body_bytes: int = Field(15 * 1024 * 1024, ge=1024)
+    max_text_chars: int = Field(2_000, ge=1)
+    max_audio_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    max_audio_seconds: float = Field(30.0, gt=0)
+    min_sample_rate: int = Field(8_000, ge=1)
+    max_sample_rate: int = Field(48_000, ge=1)
+    max_channels: int = Field(2, ge=1)
+
+
+# ---- errors -----------------------------------------------------------------
+
+
+class ServiceError(Exception):
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, code: str | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.message = message
+        self.code = code or self.code
+        self.headers = headers or {}
+
+
+class BadRequest(ServiceError):
+    status, code = 400, "bad_request"
+
+
+class Unauthorized(ServiceError):
+    status, code = 401, "unauthorized"
+
+
+class PayloadTooLarge(ServiceError):
+    status, code = 413, "payload_too_large"
+
+
+class UnsupportedMediaType(ServiceError):
+    status, code = 415, "unsupported_media_type"
+
+
+class Overloaded(ServiceError):
+    status, code = 503, "overloaded"
+
+
+class Unavailable(ServiceError):
+    status, code = 503, "unavailable"
+
+
+class Timeout(ServiceError):
+    status, code = 504, "timeout"
+
+
+# Model-layer input errors: too big is 413, anything else unusable is 422.
+_MODEL_ERROR_STATUS = {AudioTooLargeError: 413, AudioTooLongError: 413, TextTooLongError: 413}
+RETRY_AFTER_S = "1"
+
+
+def error_body(code: str, message: str, request_id: str | None = None) -> dict:
+    body: dict[str, Any] = {"error": {"code": code, "message": message}}
+    if request_id:
+        body["request_id"] = request_id
+    return body
+
+
+def status_for(exc: Exception) -> tuple[int, str, str, dict]:
+    """(status, code, message, headers) for any exception; the single mapping."""
+    if isinstance(exc, ServiceError):
+        headers = dict(exc.headers)
+        if exc.status == 503:
+            headers.setdefault("Retry-After", RETRY_AFTER_S)
+        return exc.status, exc.code, exc.message, headers
+    if isinstance(exc, ModelInputError):
+        return _MODEL_ERROR_STATUS.get(type(exc), 422), exc.code, str(exc), {}
+    return 500, "internal_error", "internal error; see the server log for the request id", {}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        status, code, message, headers = status_for(exc)
+        request_id = getattr(request.state, "request_id", None)
+        if status >= 500:
+            logger.error("request %s failed: %s", request_id, exc, exc_info=status == 500)
+        if request_id:
+            headers["X-Request-ID"] = request_id
+        return JSONResponse(error_body(code, message, request_id), status_code=status, headers=headers)
+
+    async def handle_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", []))
+        return await handle(request, BadRequest(f"{where}: {first.get('msg', 'invalid request')}", "invalid_request"))
+
+    app.add_exception_handler(ServiceError, handle)
+    app.add_exception_handler(ModelInputError, handle)
+    app.add_exception_handler(RequestValidationError, handle_validation)
+    app.add_exception_handler(Exception, handle)
+
+
+# ---- response schema --------------------------------------------------------
+
+
+class BranchPrediction(BaseModel):
+    label: str
+    scores: dict[str, float]
+    sentiment: float = Field(description="Sentiment on the MOSI scale, -3 (negative) to +3 (positive).")
+
+
+class Attention(BaseModel):
+    tokens: list[str]
+    frame_seconds: float = Field(description="Audio time covered by one frame (column).")
+    weights: list[list[float]] = Field(description="Text tokens (rows) attending over audio frames (columns).")
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+    trained: bool
+
+
+class PredictResponse(BaseModel):
+    label: str
+    scores: dict[str, float]
+    sentiment: float
+    modalities: dict[str, BranchPrediction] = Field(
+        description="Fused plus each present modality alone (text, audio)."
+    )
+    model: ModelInfo
+    request_id: str
+    warnings: list[str] = []
+    attention: Attention | None = None
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+    request_id: str | None = None
+
+
+ERROR_RESPONSES = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in {
+        400: "Malformed request", 401: "Missing or wrong API key", 413: "Body, text or audio too large",
+        415: "Unsupported content type", 422: "Unusable audio", 503: "Overloaded or unavailable; retry later",
+        504: "Timed out",
+    }.items()
+}
+
+PREDICT_REQUEST_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "text": {"type": "string", "description": "What was said."},
+                        "audio": {"type": "string", "format": "byte",
+                                  "description": "Base64 of a WAV/FLAC/OGG/MP3 file's bytes."},
+                        "explain": {"type": "boolean", "default": False,
+                                    "description": "Return the text→audio attention map."},
+                    },
+                }
+            },
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "text": {"type": "string"},
+                        "audio": {"type": "string", "format": "binary"},
+                        "explain": {"type": "boolean"},
+                    },
+                }
+            },
+        },
+    }
+}

@@ -1,0 +1,49 @@
+"""The application builder that ``serve_config.yaml`` imports.
+
+    import_path: deployments.app:build_app
+    args: {bundle: artifacts/demo-bundle, settings: {...}}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+from ray.serve import Application
+
+from deployments.audio_encoder import AudioEncoderDeployment
+from deployments.driver import Driver, DriverSettings
+from deployments.fusion_head import FusionHeadDeployment
+from deployments.text_encoder import TextEncoderDeployment
+from model.bundle import Bundle
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class AppArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    bundle: str = "artifacts/demo-bundle"
+    settings: DriverSettings = DriverSettings()
+
+
+def resolve_bundle(path: str) -> Path:
+    """Absolute paths as given; relative ones against the working directory, then the project root."""
+    candidate = Path(path)
+    if candidate.is_absolute() or candidate.exists():
+        return candidate.resolve()
+    return (PROJECT_ROOT / candidate).resolve()
+
+
+def build_app(args: dict) -> Application:
+    parsed = AppArgs(**(args or {}))
+    bundle_path = resolve_bundle(parsed.bundle)
+    Bundle.load(bundle_path)  # fail the deploy now, with a clear message, if the bundle is bad
+    path = str(bundle_path)
+    return Driver.bind(
+        TextEncoderDeployment.bind(path),
+        AudioEncoderDeployment.bind(path),
+        FusionHeadDeployment.bind(path),
+        path,
+        parsed.settings.model_dump(),
+    )

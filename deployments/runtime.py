@@ -1,0 +1,114 @@
+"""What every model replica does the same way: threads, device, batch settings, stats."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import os
+
+import ray
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+logger = logging.getLogger("ray.serve")
+
+
+class BatchingConfig(BaseModel):
+    """The ``user_config`` every model deployment accepts (changeable without a restart)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_size: int = Field(8, ge=1, le=512)
+    batch_wait_timeout_s: float = Field(0.01, ge=0.0, le=5.0)
+
+
+def assigned_cpus() -> float:
+    try:
+        return float(ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0))
+    except Exception:  # not inside a Ray worker (unit tests)
+        return float(os.cpu_count() or 1)
+
+
+def configure_threads() -> int:
+    """Match torch's intra-op threads to the CPUs Ray gave this replica.
+
+    Without this every replica starts one thread per core of the machine and the
+    replicas oversubscribe the cores. Fractional shares round up to one thread.
+    """
+    threads = max(1, math.floor(assigned_cpus() + 1e-6))
+    torch.set_num_threads(threads)
+    return threads
+
+
+def replica_device() -> str:
+    """CUDA when Ray assigned this replica (a fraction of) a GPU, the CPU otherwise."""
+    try:
+        has_gpu = bool(ray.get_gpu_ids())
+    except Exception:
+        has_gpu = False
+    return "cuda" if has_gpu and torch.cuda.is_available() else "cpu"
+
+
+class BatchStats:
+    """Counts the batch sizes a replica actually formed, for tests and benchmarks."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.sizes: collections.Counter[int] = collections.Counter()
+
+    def record(self, size: int) -> None:
+        self.sizes[size] += 1
+        logger.debug("%s formed a batch of %d", self.name, size)
+
+    def snapshot(self) -> dict:
+        total = sum(self.sizes.values())
+        items = sum(size * count for size, count in self.sizes.items())
+        return {
+            "batches": total,
+            "items": items,
+            "mean_batch_size": items / total if total else 0.0,
+            "histogram": {str(k): v for k, v in sorted(self.sizes.items())},
+            "pid": os.getpid(),
+        }
+
+
+class ModelReplica:
+    """Base for the model deployments: batching knobs from ``user_config``, a health
+    probe that runs a real forward pass, and batch statistics.
+
+    Subclasses set ``batched_method`` to the name of their ``@serve.batch`` method
+    and implement ``probe()``, a tiny synchronous forward pass.
+    """
+
+    batched_method = ""
+
+    def __init__(self, name: str):
+        self.threads = configure_threads()
+        self.device = replica_device()
+        self.stats = BatchStats(name)
+        self.probe_failures = 0
+        logger.info("%s replica on %s with %d torch threads", name, self.device, self.threads)
+
+    def reconfigure(self, user_config: dict | None) -> None:
+        config = BatchingConfig(**(user_config or {}))
+        method = getattr(self, self.batched_method)
+        method.set_max_batch_size(config.max_batch_size)
+        method.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+        self.batching = config
+
+    def probe(self) -> None:
+        raise NotImplementedError
+
+    async def check_health(self) -> None:
+        # A forward pass on a tiny input: a model that has gone bad (NaNs, CUDA
+        # errors) fails here, and Serve replaces the replica.
+        import asyncio
+
+        await asyncio.to_thread(self.probe)
+
+    def batch_stats(self) -> dict:
+        return self.stats.snapshot()
+
+    def ping(self) -> bool:
+        return True

@@ -1,0 +1,45 @@
+"""TextEncoder deployment: batches strings through a BERT-family encoder."""
+
+from __future__ import annotations
+
+import asyncio
+
+import torch
+from ray import serve
+
+from deployments.runtime import ModelReplica
+from model.bundle import Bundle
+from model.text_encoder import TextEncoder
+
+
+@serve.deployment(name="TextEncoder", ray_actor_options={"num_cpus": 0.5})
+class TextEncoderDeployment(ModelReplica):
+    batched_method = "encode"
+
+    def __init__(self, bundle_path: str):
+        super().__init__("TextEncoder")
+        bundle = Bundle.load(bundle_path)
+        self.encoder = TextEncoder(bundle.resolve(bundle.text_encoder), bundle.text_max_length, self.device)
+
+    def _encode_batch(self, texts: list[str]) -> list[dict]:
+        self.stats.record(len(texts))
+        hidden = self.encoder.encode(texts).unpad()
+        results = []
+        for text, features in zip(texts, hidden):
+            tokens = self.encoder.tokenizer.convert_ids_to_tokens(
+                self.encoder.tokenizer(text, truncation=True, max_length=self.encoder.max_length)["input_ids"]
+            )
+            truncated = self.encoder.count_tokens(text) > self.encoder.max_length
+            results.append({"hidden": features, "tokens": tokens, "truncated": truncated})
+        return results
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def encode(self, texts: list[str]) -> list[dict]:
+        # The forward pass runs in a thread so the replica's event loop keeps
+        # accepting requests (and forming the next batch) meanwhile.
+        return await asyncio.to_thread(self._encode_batch, texts)
+
+    def probe(self) -> None:
+        out = self.encoder.encode(["health probe"])
+        if not torch.isfinite(out.hidden).all():
+            raise RuntimeError("text encoder produced non-finite output on the health probe")
