@@ -2,7 +2,8 @@
 
 Every failure the service can report is a ``ServiceError`` (or a model-layer
 ``ModelInputError``) and is turned into an HTTP status in exactly one place,
-``install_error_handlers``. Handlers never pick status codes themselves.
+``error_response`` (used by the exception handlers and the driver's edge
+middleware). Handlers never pick status codes themselves.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from model.errors import AudioTooLargeError, AudioTooLongError, ModelInputError, TextTooLongError
 
@@ -21,7 +23,11 @@ logger = logging.getLogger("ray.serve")
 
 
 class Limits(BaseModel):
-    """Request limits. Defaults are the documented service defaults (README)."""
+    """Request limits. Defaults are the documented service defaults (README).
+
+    ``max_body_bytes`` caps every request body (Gradio routes too); the others
+    apply to ``/v1/predict`` and the UI's predict call.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -29,6 +35,8 @@ class Limits(BaseModel):
     max_text_chars: int = Field(2_000, ge=1)
     max_audio_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     max_audio_seconds: float = Field(30.0, gt=0)
+    # Raised to the audio encoder's receptive field if that is longer.
+    min_audio_seconds: float = Field(0.1, ge=0)
     min_sample_rate: int = Field(8_000, ge=1)
     max_sample_rate: int = Field(48_000, ge=1)
     max_channels: int = Field(2, ge=1)
@@ -72,6 +80,12 @@ class Unavailable(ServiceError):
     status, code = 503, "unavailable"
 
 
+class ModelUnhealthy(Unavailable):
+    """A replica answered with non-finite numbers: never served, retried elsewhere."""
+
+    code = "model_unhealthy"
+
+
 class Timeout(ServiceError):
     status, code = 504, "timeout"
 
@@ -100,15 +114,33 @@ def status_for(exc: Exception) -> tuple[int, str, str, dict]:
     return 500, "internal_error", "internal error; see the server log for the request id", {}
 
 
+# Routing errors Starlette raises itself (unknown path, wrong method).
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
+def error_response(exc: Exception, request_id: str | None) -> JSONResponse:
+    """The one place an exception becomes an HTTP response."""
+    status, code, message, headers = status_for(exc)
+    if status >= 500:
+        # Only the type and our own message: exception text from deep inside a
+        # tokenizer or decoder may quote the input, which must not reach the logs.
+        logger.error("request %s failed: %s: %s", request_id, type(exc).__name__,
+                     message if isinstance(exc, ServiceError) else "(see traceback)",
+                     exc_info=status == 500)
+    if request_id:
+        headers["X-Request-ID"] = request_id
+    return JSONResponse(error_body(code, message, request_id), status_code=status, headers=headers)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def handle(request: Request, exc: Exception) -> JSONResponse:
-        status, code, message, headers = status_for(exc)
-        request_id = getattr(request.state, "request_id", None)
-        if status >= 500:
-            logger.error("request %s failed: %s", request_id, exc, exc_info=status == 500)
-        if request_id:
-            headers["X-Request-ID"] = request_id
-        return JSONResponse(error_body(code, message, request_id), status_code=status, headers=headers)
+        return error_response(exc, getattr(request.state, "request_id", None))
+
+    async def handle_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        error = ServiceError(str(exc.detail), _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}"),
+                             dict(exc.headers or {}))
+        error.status = exc.status_code
+        return await handle(request, error)
 
     async def handle_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
@@ -118,6 +150,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, handle)
     app.add_exception_handler(ModelInputError, handle)
     app.add_exception_handler(RequestValidationError, handle_validation)
+    app.add_exception_handler(StarletteHTTPException, handle_http)
     app.add_exception_handler(Exception, handle)
 
 

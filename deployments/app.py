@@ -25,6 +25,9 @@ class AppArgs(BaseModel):
 
     bundle: str = "artifacts/demo-bundle"
     settings: DriverSettings = DriverSettings()
+    # Per-deployment ``.options()`` overrides keyed by deployment name, for callers
+    # that build the app in Python (tests, benchmarks) rather than from a config file.
+    deployments: dict[str, dict] = {}
 
 
 def resolve_bundle(path: str) -> Path:
@@ -40,10 +43,14 @@ def build_app(args: dict) -> Application:
     bundle_path = resolve_bundle(parsed.bundle)
     Bundle.load(bundle_path)  # fail the deploy now, with a clear message, if the bundle is bad
     path = str(bundle_path)
-    return Driver.bind(
-        TextEncoderDeployment.bind(path),
-        AudioEncoderDeployment.bind(path),
-        FusionHeadDeployment.bind(path),
+
+    def configured(deployment):
+        return deployment.options(**parsed.deployments.get(deployment.name, {}))
+
+    return configured(Driver).bind(
+        configured(TextEncoderDeployment).bind(path),
+        configured(AudioEncoderDeployment).bind(path),
+        configured(FusionHeadDeployment).bind(path),
         path,
         parsed.settings.model_dump(),
     )

@@ -1,20 +1,23 @@
 """The ingress: JSON API and Gradio UI on one FastAPI app, composing the model deployments."""
 
-
 import asyncio
+import base64
+import binascii
 import hmac
 import logging
 import math
 import os
+import re
 import uuid
 from typing import Optional
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
-from ray.serve.exceptions import BackPressureError
+from ray.exceptions import RayActorError
+from ray.serve.config import BackpressureConfig
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 from transformers import AutoConfig, AutoFeatureExtractor
 
@@ -25,20 +28,52 @@ from model.bundle import Bundle
 
 logger = logging.getLogger("ray.serve")
 
-# Encoders and fusion are pure functions of their input, so a request whose
-# replica died mid-flight is safe to send again.
-RETRYABLE = (ActorDiedError, ActorUnavailableError, RayActorError)
+# A replica that died or is unreachable. Encoders and fusion are pure functions of
+# their input, so a request that hit one is safe to send again. Ray 2.60 raises these
+# (ActorDiedError and ActorUnavailableError are RayActorError subclasses) directly,
+# wrapped in a RayTaskError, or, when the dead replica produced an argument of a
+# chained call (the audio features passed to FusionHead), as a RayServeException
+# whose __cause__ is the ActorDiedError: ``failure_in`` looks through all three.
+RETRYABLE = (RayActorError,)
+
+# Paths served without the API key: the liveness probe Kubernetes and Serve use.
+OPEN_PATHS = frozenset({"/healthz"})
+
+_SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
 class DriverSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     limits: api.Limits = api.Limits()
+    # Upper bound on one /v1/predict call inside the driver (queueing + models);
+    # keep it below http_options.request_timeout_s so the client gets our 504.
     request_timeout_s: float = Field(30.0, gt=0)
     retries: int = Field(2, ge=0, le=5)
     ui: bool = True
     # Name of the environment variable holding the API key; unset or empty = no auth.
+    # When set, every route but /healthz needs it, the Gradio UI included.
     api_key_env: str = "SENTIMENT_API_KEY"
+
+
+def failure_in(exc: BaseException, kinds: tuple) -> Optional[BaseException]:
+    """The first exception of ``kinds`` in ``exc``'s cause chain (see RETRYABLE)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, kinds):
+            return exc
+        seen.add(id(exc))
+        exc = getattr(exc, "cause", None) or exc.__cause__
+    return None
+
+
+def receptive_field(conv_kernel, conv_stride) -> int:
+    """Samples a Wav2Vec2 feature encoder needs to produce one frame."""
+    field, jump = 1, 1
+    for kernel, stride in zip(conv_kernel, conv_stride):
+        field += (kernel - 1) * jump
+        jump *= stride
+    return field
 
 
 app = FastAPI(
@@ -49,25 +84,71 @@ app = FastAPI(
 api.install_error_handlers(app)
 
 
+def _request_id(request: Request) -> str:
+    # Serve's proxy already picked one (the client's X-Request-ID, else a fresh
+    # uuid) and stamps it on every Serve log line; using the same one keeps our
+    # lines, the access log and the response header in agreement.
+    try:
+        from ray.serve.context import _get_serve_request_context
+
+        candidate = _get_serve_request_context().request_id
+    except Exception:  # outside a Serve replica
+        candidate = request.headers.get("x-request-id", "")
+    # Client-chosen ids end up in logs and JSON: anything unusual is replaced.
+    return candidate if _SAFE_REQUEST_ID.fullmatch(candidate or "") else uuid.uuid4().hex
+
+
+def _authorized(request: Request, expected: str) -> bool:
+    """``Authorization: Bearer <key>`` (API clients) or HTTP Basic with the key as
+    password (browsers: the native login prompt, then sent on every UI request)."""
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "basic":
+        try:
+            value = base64.b64decode(value, validate=True).decode().partition(":")[2]
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            return False
+    elif scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(value.encode(), expected.encode())
+
+
 @app.middleware("http")
-async def request_id_middleware(request: Request, call_next):
-    # Only the id, method, path and status are logged: never text or audio.
-    request.state.request_id = request.headers.get("x-request-id", "")[:64] or uuid.uuid4().hex
+async def edge(request: Request, call_next):
+    """What every request passes, API and Gradio alike: an id, a body cap, the key.
+
+    Errors raised here never reach the app's exception handlers, so they are
+    rendered by the same ``api.error_response`` those handlers use.
+    """
+    request.state.request_id = request_id = _request_id(request)
+    # The module's app, not request.app: inside a Gradio mount that is the sub-app.
+    settings: DriverSettings = app.state.settings
+    try:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > settings.limits.max_body_bytes:
+            raise api.PayloadTooLarge(
+                f"request body is {declared} bytes; the limit is {settings.limits.max_body_bytes}")
+        expected = app.state.api_key
+        if expected and request.url.path not in OPEN_PATHS and not _authorized(request, expected):
+            browser = not request.url.path.startswith("/v1/")
+            challenge = 'Basic realm="sentiment", charset="UTF-8"' if browser else "Bearer"
+            raise api.Unauthorized("missing or wrong API key; send 'Authorization: Bearer <key>'",
+                                   headers={"WWW-Authenticate": challenge})
+    except api.ServiceError as exc:
+        return api.error_response(exc, request_id)
     response = await call_next(request)
-    response.headers["X-Request-ID"] = request.state.request_id
+    response.headers["X-Request-ID"] = request_id
     return response
 
 
-def require_api_key(request: Request) -> None:
-    expected = request.app.state.api_key
-    if not expected:
-        return
-    given = request.headers.get("authorization", "")
-    if not hmac.compare_digest(given.encode(), f"Bearer {expected}".encode()):
-        raise api.Unauthorized("missing or wrong API key; send 'Authorization: Bearer <key>'")
-
-
-@serve.deployment(name="Driver", ray_actor_options={"num_cpus": 0.25})
+@serve.deployment(
+    name="Driver",
+    ray_actor_options={"num_cpus": 0.25},
+    # Bounded: past 64 running + 128 waiting, Serve's proxy answers 503 with
+    # Retry-After at once instead of letting the queue (and memory) grow.
+    max_ongoing_requests=64,
+    max_queued_requests=128,
+    backpressure_config=BackpressureConfig(status_code=503, retry_after_s=1),
+)
 @serve.ingress(app)
 class Driver:
     def __init__(
@@ -83,15 +164,21 @@ class Driver:
         self.bundle = Bundle.load(bundle_path)
         audio_path = self.bundle.resolve(self.bundle.audio_encoder)
         self.sampling_rate = int(AutoFeatureExtractor.from_pretrained(audio_path).sampling_rate)
-        stride = math.prod(AutoConfig.from_pretrained(audio_path).conv_stride)
-        self.frame_seconds = stride / self.sampling_rate
+        audio_config = AutoConfig.from_pretrained(audio_path)
+        self.frame_seconds = math.prod(audio_config.conv_stride) / self.sampling_rate
         limits = self.settings.limits
+        # Never below the encoder's receptive field: a shorter clip cannot be encoded.
+        min_seconds = max(limits.min_audio_seconds,
+                          receptive_field(audio_config.conv_kernel, audio_config.conv_stride) / self.sampling_rate)
         self.audio_limits = AudioLimits(
-            max_bytes=limits.max_audio_bytes, max_seconds=limits.max_audio_seconds,
+            max_bytes=limits.max_audio_bytes, max_seconds=limits.max_audio_seconds, min_seconds=min_seconds,
             min_sample_rate=limits.min_sample_rate, max_sample_rate=limits.max_sample_rate,
             max_channels=limits.max_channels,
         )
+        app.state.settings = self.settings
         app.state.api_key = os.environ.get(self.settings.api_key_env, "")
+        if app.state.api_key:
+            logger.info("API key required on every route but %s", ", ".join(sorted(OPEN_PATHS)))
         if self.settings.ui:
             from deployments.ui import mount_ui
 
@@ -101,28 +188,50 @@ class Driver:
 
     async def _run_models(self, text: str | None, waveform, explain: bool) -> tuple[dict, dict | None]:
         # Text and audio encoding run concurrently; fusion starts when both are done.
-        text_out = self.text_encoder.encode.remote(text) if text is not None else None
-        audio_out = self.audio_encoder.encode.remote(waveform) if waveform is not None else None
-        text_result = await text_out if text_out is not None else None
-        result = await self.fusion_head.fuse.remote(text_result, audio_out, explain)
-        return result, text_result
+        calls = []
+        try:
+            text_out = self.text_encoder.encode.remote(text) if text is not None else None
+            audio_out = self.audio_encoder.encode.remote(waveform) if waveform is not None else None
+            calls = [c for c in (text_out, audio_out) if c is not None]
+            text_result = await text_out if text_out is not None else None
+            fused = self.fusion_head.fuse.remote(text_result, audio_out, explain)
+            calls.append(fused)
+            result = await fused
+            calls = []
+            return result, text_result
+        finally:
+            # Reached with calls left only on an error, a timeout or a client that
+            # went away (Serve cancels this coroutine): stop the work downstream too.
+            for call in calls:
+                call.cancel()
 
     async def _run_with_retries(self, text, waveform, explain, request_id):
         for attempt in range(self.settings.retries + 1):
             try:
-                return await self._run_models(text, waveform, explain)
-            except BackPressureError:
-                raise api.Overloaded("the service is at capacity; retry shortly") from None
-            except RETRYABLE as exc:
-                logger.warning("request %s: replica failed (%s), attempt %d", request_id, type(exc).__name__, attempt + 1)
+                result, text_result = await self._run_models(text, waveform, explain)
+                check_output(result)
+                return result, text_result
+            except Exception as exc:
+                if failure_in(exc, (BackPressureError,)):
+                    raise api.Overloaded("the service is at capacity; retry shortly") from None
+                if failure_in(exc, (DeploymentUnavailableError,)):
+                    raise api.Unavailable("a model deployment is unavailable; retry shortly") from None
+                failure = failure_in(exc, RETRYABLE + (api.ModelUnhealthy,))
+                if failure is None:
+                    raise
+                logger.warning("request %s: %s (attempt %d of %d)", request_id, type(failure).__name__,
+                               attempt + 1, self.settings.retries + 1)
                 if attempt == self.settings.retries:
+                    if isinstance(failure, api.ModelUnhealthy):
+                        raise failure from None
                     raise api.Unavailable("a model replica failed; retry shortly") from None
                 await asyncio.sleep(0.2 * (attempt + 1))
 
     async def predict(self, request: PredictInput, request_id: str) -> dict:
         waveform = None
         if request.audio is not None:
-            # Decoding is CPU work: keep it off the event loop.
+            # Decoding is CPU work: keep it off the event loop. It is bounded by the
+            # audio limits, so it needs no timeout of its own.
             waveform = await asyncio.to_thread(decode_audio, request.audio, self.sampling_rate, self.audio_limits)
         try:
             result, text_result = await asyncio.wait_for(
@@ -152,21 +261,21 @@ class Driver:
         response_model=api.PredictResponse,
         responses=api.ERROR_RESPONSES,
         openapi_extra=api.PREDICT_REQUEST_DOC,
-        dependencies=[Depends(require_api_key)],
         summary="Predict sentiment from text, audio or both",
     )
     async def predict_route(self, request: Request) -> dict:
         parsed = await read_predict_request(request, self.settings.limits)
         request_id = request.state.request_id
-        logger.info("request %s: text=%s audio_bytes=%d", request_id,
-                    parsed.text is not None, len(parsed.audio or b""))
+        # Sizes only: text and audio never reach the logs.
+        logger.info("request %s: text_chars=%d audio_bytes=%d", request_id,
+                    len(parsed.text or ""), len(parsed.audio or b""))
         return await self.predict(parsed, request_id)
 
-    @app.get("/v1/model", dependencies=[Depends(require_api_key)], summary="Bundle metadata (model card)")
+    @app.get("/v1/model", summary="Bundle metadata (model card)")
     async def model_info(self) -> dict:
         return self.bundle.metadata() | {"path": str(self.bundle.path)}
 
-    @app.get("/v1/stats", dependencies=[Depends(require_api_key)], summary="Batch sizes formed by one replica of each deployment")
+    @app.get("/v1/stats", summary="Batch sizes formed by one replica of each deployment")
     async def stats(self) -> dict:
         names = ("TextEncoder", "AudioEncoder", "FusionHead")
         handles = (self.text_encoder, self.audio_encoder, self.fusion_head)
@@ -180,5 +289,19 @@ class Driver:
         try:
             await asyncio.wait_for(asyncio.gather(*(h.ping.remote() for h in handles.values())), timeout=5.0)
         except Exception as exc:
-            return JSONResponse({"status": "unhealthy", "reason": type(exc).__name__}, status_code=503)
+            return JSONResponse({"status": "unhealthy", "reason": type(exc).__name__}, status_code=503,
+                                headers={"Retry-After": api.RETRY_AFTER_S})
         return JSONResponse({"status": "ok", "model": self.bundle.name, "version": self.bundle.version})
+
+
+def check_output(result: dict) -> None:
+    """A model that has gone bad (NaN weights) answers NaN: refuse to serve it.
+
+    Retryable (another replica may be healthy); the replica's health check fails
+    on the same fault and Serve replaces it.
+    """
+    numbers = [result["sentiment"], *result["scores"].values()]
+    for branch in result.get("modalities", {}).values():
+        numbers += [branch["sentiment"], *branch["scores"].values()]
+    if not all(math.isfinite(x) for x in numbers):
+        raise api.ModelUnhealthy("the model produced an invalid (non-finite) output; retry shortly")

@@ -51,6 +51,14 @@ def _as_bool(value, field: str) -> bool:
     raise BadRequest(f"'{field}' must be a boolean", "invalid_type")
 
 
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_input(text: str | None, audio: bytes | None, limits: Limits) -> PredictInput:
     if text is not None and not text.strip():
         text = None
@@ -58,6 +66,10 @@ def check_input(text: str | None, audio: bytes | None, limits: Limits) -> Predic
         raise BadRequest("send 'text', 'audio' or both", "missing_input")
     if text is not None and len(text) > limits.max_text_chars:
         raise TextTooLongError(f"text is {len(text)} characters; the limit is {limits.max_text_chars}")
+    if text is not None and not _is_unicode(text):
+        # JSON can carry lone surrogates ("\ud800"); the tokenizer raises on them,
+        # and would fail every other request batched with this one.
+        raise BadRequest("'text' is not valid Unicode (it contains a lone surrogate)", "invalid_text")
     if audio is not None and len(audio) > limits.max_audio_bytes:
         raise PayloadTooLarge(f"audio is {len(audio)} bytes; the limit is {limits.max_audio_bytes}",
                               "audio_too_large")
@@ -69,6 +81,8 @@ def parse_json(body: bytes, limits: Limits) -> PredictInput:
         payload = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequest(f"malformed JSON: {exc}", "malformed_json") from None
+    except RecursionError:  # "[[[[..." nested deeper than the parser's stack
+        raise BadRequest("malformed JSON: nested too deeply", "malformed_json") from None
     if not isinstance(payload, dict):
         raise BadRequest("the JSON body must be an object", "invalid_type")
     unknown = set(payload) - FIELDS

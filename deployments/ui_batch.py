@@ -1,0 +1,221 @@
+"""The UI's batch tab: a manifest (CSV or JSONL) plus an optional zip of audio in,
+one CSV of predictions out. Every row goes through ``driver.predict``, the same path
+as the API, so batch results equal single requests.
+
+Manifest columns (CSV header or JSONL keys): ``text`` and/or ``audio`` (a file name
+inside the zip), optional ``id``. Other columns are ignored.
+
+The zip is untrusted input. It is never extracted to disk, so a member named
+``../../etc/x`` (zip slip) has nowhere to land: members are looked up by name and
+read into memory one at a time. Zip bombs are bounded three ways: the upload size,
+the member count, and the total *declared* uncompressed size, which ``zipfile``
+also enforces while reading (it stops at the declared size and fails the CRC).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import logging
+import tempfile
+import time
+import uuid
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Awaitable, Callable
+
+from deployments.api import ServiceError, status_for
+from deployments.request_parsing import PredictInput, check_input
+
+logger = logging.getLogger("ray.serve")
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    max_manifest_bytes: int = 5 * 1024 * 1024
+    max_rows: int = 1_000
+    max_zip_bytes: int = 50 * 1024 * 1024
+    max_zip_members: int = 2_000
+    max_unzipped_bytes: int = 200 * 1024 * 1024
+    # Rows in flight at once: enough for the encoders' @serve.batch to form batches,
+    # few enough that one batch job does not crowd out interactive users.
+    parallel: int = 8
+
+
+class BatchError(ServiceError):
+    """The upload as a whole is unusable (as opposed to one failing row)."""
+
+
+@dataclass
+class Row:
+    index: int  # 1-based row number in the manifest
+    id: str
+    text: str | None
+    audio: str | None
+
+
+def _text(value) -> str | None:
+    if value is None:
+        return None
+    value = str(value)
+    return value if value.strip() else None
+
+
+def read_manifest(path: str | Path, limits: BatchLimits) -> list[Row]:
+    path = Path(path)
+    if path.stat().st_size > limits.max_manifest_bytes:
+        raise BatchError(f"the manifest is {path.stat().st_size} bytes; the limit is {limits.max_manifest_bytes}")
+    try:
+        content = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise BatchError("the manifest is not UTF-8 text") from None
+    if path.suffix.lower() in {".jsonl", ".ndjson", ".json"}:
+        records = []
+        for number, line in enumerate(content.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as exc:
+                raise BatchError(f"manifest line {number} is not JSON: {exc}") from None
+            if not isinstance(record, dict):
+                raise BatchError(f"manifest line {number} is not a JSON object")
+            records.append(record)
+    else:
+        reader = csv.DictReader(io.StringIO(content))
+        fields = {name.strip().lower() for name in reader.fieldnames or []}
+        if not fields & {"text", "audio"}:
+            raise BatchError("the CSV header needs a 'text' and/or an 'audio' column")
+        records = [{(k or "").strip().lower(): v for k, v in record.items()} for record in reader]
+    if not records:
+        raise BatchError("the manifest has no rows")
+    if len(records) > limits.max_rows:
+        raise BatchError(f"the manifest has {len(records)} rows; the limit is {limits.max_rows}")
+    return [
+        Row(index=i, id=_text(r.get("id")) or str(i), text=_text(r.get("text")), audio=_text(r.get("audio")))
+        for i, r in enumerate(records, 1)
+    ]
+
+
+def _member_key(name: str) -> str:
+    return str(PurePosixPath(name.replace("\\", "/"))).lstrip("/")
+
+
+class AudioArchive:
+    """Read-only, in-memory access to the audio files of an uploaded zip."""
+
+    def __init__(self, path: str | Path, limits: BatchLimits, max_audio_bytes: int):
+        path = Path(path)
+        if path.stat().st_size > limits.max_zip_bytes:
+            raise BatchError(f"the zip is {path.stat().st_size} bytes; the limit is {limits.max_zip_bytes}")
+        try:
+            self.zip = zipfile.ZipFile(path)
+        except (zipfile.BadZipFile, OSError):
+            raise BatchError("the audio upload is not a valid zip file") from None
+        infos = [info for info in self.zip.infolist() if not info.is_dir()]
+        if len(infos) > limits.max_zip_members:
+            raise BatchError(f"the zip has {len(infos)} files; the limit is {limits.max_zip_members}")
+        total = sum(info.file_size for info in infos)
+        if total > limits.max_unzipped_bytes:
+            raise BatchError(f"the zip unpacks to {total} bytes; the limit is {limits.max_unzipped_bytes}")
+        self.max_audio_bytes = max_audio_bytes
+        self.members = {_member_key(info.filename): info for info in infos}
+
+    def read(self, name: str) -> bytes:
+        """One member's bytes; raises ``BatchError`` (reported on the row) when unusable."""
+        info = self.members.get(_member_key(name))
+        if info is None:
+            raise BatchError(f"'{name}' is not in the zip")
+        if info.flag_bits & 0x1:
+            raise BatchError(f"'{name}' is encrypted")
+        if info.file_size > self.max_audio_bytes:
+            raise BatchError(f"'{name}' is {info.file_size} bytes; the audio limit is {self.max_audio_bytes}")
+        try:
+            with self.zip.open(info) as member:
+                data = member.read(self.max_audio_bytes + 1)
+        except (zipfile.BadZipFile, OSError, NotImplementedError, RuntimeError) as exc:
+            raise BatchError(f"'{name}' could not be read from the zip: {str(exc)[:120]}") from None
+        if len(data) > self.max_audio_bytes:
+            raise BatchError(f"'{name}' exceeds the audio limit of {self.max_audio_bytes} bytes")
+        return data
+
+    def close(self) -> None:
+        self.zip.close()
+
+
+Predict = Callable[[PredictInput, str], Awaitable[dict]]
+Progress = Callable[[int, int], None]
+
+
+async def _predict_row(row: Row, archive: AudioArchive | None, predict: Predict, limits, batch_id: str) -> dict:
+    out = {"row": row.index, "id": row.id, "text": row.text or "", "audio": row.audio or ""}
+    try:
+        audio = None
+        if row.audio is not None:
+            if archive is None:
+                raise BatchError(f"row names audio '{row.audio}' but no zip of audio was uploaded")
+            # Inflating a member is CPU work: keep it off the driver's event loop.
+            audio = await asyncio.to_thread(archive.read, row.audio)
+        request = check_input(row.text, audio, limits)
+        result = await predict(request, f"{batch_id}-{row.index}")
+    except Exception as exc:  # every failure becomes a reported row, never a dropped one
+        status, code, message, _ = status_for(exc)
+        if status >= 500 and not isinstance(exc, ServiceError):
+            logger.exception("batch %s row %d failed", batch_id, row.index)
+        return out | {"status": "error", "error": f"{code}: {message}"}
+    out |= {"status": "ok", "error": "", "label": result["label"], "sentiment": round(result["sentiment"], 4)}
+    out |= {f"score_{label}": round(p, 4) for label, p in result["scores"].items()}
+    for branch in ("text", "audio"):
+        if branch in result["modalities"]:
+            out[f"{branch}_label"] = result["modalities"][branch]["label"]
+            out[f"{branch}_sentiment"] = round(result["modalities"][branch]["sentiment"], 4)
+    return out
+
+
+async def run_batch(rows: list[Row], archive: AudioArchive | None, predict: Predict, request_limits,
+                    labels: list[str], batch: BatchLimits, progress: Progress) -> list[dict]:
+    """Predict every row, ``batch.parallel`` at a time, in manifest order."""
+    batch_id = f"batch-{uuid.uuid4().hex[:8]}"
+    gate = asyncio.Semaphore(batch.parallel)
+    done = 0
+
+    async def one(row: Row) -> dict:
+        nonlocal done
+        async with gate:
+            result = await _predict_row(row, archive, predict, request_limits, batch_id)
+        done += 1
+        progress(done, len(rows))
+        return result
+
+    return list(await asyncio.gather(*(one(row) for row in rows)))
+
+
+def columns(labels: list[str]) -> list[str]:
+    return (["row", "id", "text", "audio", "status", "error", "label", "sentiment"]
+            + [f"score_{label}" for label in labels]
+            + ["text_label", "text_sentiment", "audio_label", "audio_sentiment"])
+
+
+OUTPUT_DIR = Path(tempfile.gettempdir()) / "sentiment-ui-batch"
+OUTPUT_TTL_S = 3600
+
+
+def write_csv(results: list[dict], labels: list[str]) -> Path:
+    """Write the results where Gradio can pick them up; results older than an hour are pruned."""
+    OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
+    cutoff = time.time() - OUTPUT_TTL_S
+    for old in OUTPUT_DIR.glob("predictions-*.csv"):
+        try:
+            if old.stat().st_mtime < cutoff:
+                old.unlink()
+        except OSError:
+            pass
+    path = OUTPUT_DIR / f"predictions-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}.csv"
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns(labels), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(results)
+    return path

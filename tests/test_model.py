@@ -1,0 +1,255 @@
+"""Unit tests of model/: tiny checkpoints built locally and loaded back via from_pretrained."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from model.audio import AudioLimits, decode_audio, encode_wav
+from model.audio_encoder import AudioEncoder
+from model.bundle import Bundle
+from model.errors import (
+    AudioDecodeError,
+    AudioEmptyError,
+    AudioFormatError,
+    AudioNonFiniteError,
+    AudioTooLargeError,
+    AudioTooLongError,
+    BundleError,
+)
+from model.factory import save_bert, save_wav2vec2
+from model.fusion import FusionConfig, FusionHead
+from model.inference import FusionItem, SentimentPipeline, fuse
+from model.text_encoder import TextEncoder
+from tests.conftest import tone
+
+
+@pytest.fixture(scope="module")
+def pipeline(tiny_bundle):
+    return SentimentPipeline(Bundle.load(tiny_bundle))
+
+
+# ---- encoders ---------------------------------------------------------------------
+
+
+def test_text_encoder_shapes_and_masks(pipeline):
+    enc = pipeline.text_encoder
+    out = enc.encode(["short", "a much longer sentence with several more tokens in it"])
+    assert out.hidden.shape[:2] == out.mask.shape
+    assert out.hidden.shape[2] == enc.hidden_size
+    lengths = out.mask.sum(dim=1).tolist()
+    assert lengths[0] < lengths[1] == out.hidden.shape[1]  # padded to the longest, not max_length
+    assert [t.shape[0] for t in out.unpad()] == lengths
+
+
+def test_text_encoder_truncates_to_max_length(tiny_bundle):
+    bundle = Bundle.load(tiny_bundle)
+    enc = TextEncoder(bundle.resolve(bundle.text_encoder), max_length=8)
+    out = enc.encode(["word " * 50])
+    assert out.hidden.shape[1] == 8
+    assert enc.count_tokens("word " * 50) > 8
+
+
+def test_audio_encoder_shapes_and_frame_masks(pipeline):
+    enc = pipeline.audio_encoder
+    waves = [torch.from_numpy(tone(0.5)), torch.from_numpy(tone(1.5))]
+    out = enc.encode(waves)
+    lengths = out.mask.sum(dim=1).tolist()
+    assert lengths == [enc.frame_count(len(w)) for w in waves]
+    assert out.hidden.shape == (2, max(lengths), enc.hidden_size)
+
+
+def test_checkpoints_load_through_from_pretrained(tmp_path):
+    save_bert(tmp_path / "bert", "tiny")
+    save_wav2vec2(tmp_path / "w2v", "tiny")
+    assert TextEncoder(str(tmp_path / "bert")).hidden_size == 32
+    assert AudioEncoder(str(tmp_path / "w2v")).sampling_rate == 16_000
+
+
+# ---- fusion head --------------------------------------------------------------------
+
+
+def _feature(length: int, dim: int, seed: int) -> torch.Tensor:
+    return torch.randn(length, dim, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("has_text,has_audio", [(True, False), (False, True), (True, True)])
+def test_fusion_with_any_modality(has_text, has_audio):
+    config = FusionConfig(text_dim=16, audio_dim=12, d_model=16, n_heads=2, labels=["neg", "neu", "pos"])
+    head = FusionHead(config).eval()
+    bundle = Bundle("t", "1", "x", "y", config)
+    item = FusionItem(_feature(5, 16, 0) if has_text else None, _feature(7, 12, 1) if has_audio else None)
+    [result] = fuse(head, bundle, [item], explain=True)
+    assert set(result["scores"]) == {"neg", "neu", "pos"}
+    assert abs(sum(result["scores"].values()) - 1) < 1e-5
+    assert -3 <= result["sentiment"] <= 3
+    expected = {"fused"} | ({"text"} if has_text else set()) | ({"audio"} if has_audio else set())
+    assert set(result["modalities"]) == expected
+    if has_text and has_audio:
+        weights = np.array(result["attention"])
+        assert weights.shape == (5, 7)
+        # Each token's attention over real frames (plus the two special slots) sums to <= 1.
+        assert (weights.sum(axis=1) <= 1 + 1e-5).all()
+    else:
+        assert "attention" not in result
+
+
+def test_missing_modality_uses_learned_embedding_not_zeros():
+    config = FusionConfig(text_dim=8, audio_dim=8, d_model=8, n_heads=2)
+    head = FusionHead(config).eval()
+    bundle = Bundle("t", "1", "x", "y", config)
+    text = _feature(4, 8, 0)
+    [missing] = fuse(head, bundle, [FusionItem(text, None)])
+    with torch.no_grad():
+        head.audio_missing.add_(1.0)
+    [changed] = fuse(head, bundle, [FusionItem(text, None)])
+    assert missing["scores"] != changed["scores"]
+
+
+def test_fusion_prediction_is_padding_invariant():
+    config = FusionConfig(text_dim=16, audio_dim=12, d_model=16, n_heads=2)
+    head = FusionHead(config).eval()
+    bundle = Bundle("t", "1", "x", "y", config)
+    short = FusionItem(_feature(3, 16, 0), _feature(4, 12, 1))
+    long = FusionItem(_feature(30, 16, 2), _feature(50, 12, 3))
+    [alone] = fuse(head, bundle, [short])
+    [batched, _] = fuse(head, bundle, [short, long])
+    for label in alone["scores"]:
+        assert alone["scores"][label] == pytest.approx(batched["scores"][label], abs=1e-5)
+
+
+def test_pipeline_padding_invariance_end_to_end(pipeline):
+    """A sample's prediction must not change when batched with longer samples."""
+    text, wave = "a fine film", torch.from_numpy(tone(0.6))
+    [alone] = pipeline.predict([text], [wave])
+    [batched, _] = pipeline.predict(
+        [text, "a much longer review that goes on and on about many different things"],
+        [wave, torch.from_numpy(tone(2.5, freq=330.0))],
+    )
+    for label in alone["scores"]:
+        assert alone["scores"][label] == pytest.approx(batched["scores"][label], abs=1e-4)
+
+
+# ---- audio decoding ------------------------------------------------------------------
+
+
+def _encode(samples: np.ndarray, rate: int, fmt: str, subtype: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, samples, rate, format=fmt, subtype=subtype)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt,subtype", [("WAV", "PCM_16"), ("FLAC", None), ("OGG", "VORBIS"), ("MP3", None)])
+def test_decode_formats(fmt, subtype):
+    data = _encode(tone(1.0, 22_050), 22_050, fmt, subtype)
+    wave = decode_audio(data, 16_000)
+    assert wave.dtype == torch.float32 and wave.ndim == 1
+    assert abs(len(wave) - 16_000) < 16_000 * 0.1  # MP3/OGG add a little priming/padding
+
+
+@pytest.mark.parametrize("rate", [8_000, 16_000, 44_100, 48_000])
+def test_decode_resamples_to_target_rate(rate):
+    wave = decode_audio(encode_wav(tone(0.5, rate), rate), 16_000)
+    assert len(wave) == 8_000
+
+
+def test_decode_downmixes_stereo():
+    left = tone(0.5, 16_000)
+    stereo = np.stack([left, -left], axis=1)  # opposite phases average to silence
+    wave = decode_audio(_encode(stereo, 16_000, "WAV", "FLOAT"), 16_000)
+    assert wave.abs().max() < 1e-6
+    assert len(wave) == 8_000
+
+
+@pytest.mark.parametrize(
+    "data,error",
+    [
+        (b"", AudioEmptyError),
+        (b"not audio at all" * 10, AudioDecodeError),
+        (b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n" * 5, AudioDecodeError),
+    ],
+)
+def test_decode_rejects_garbage(data, error):
+    with pytest.raises(error):
+        decode_audio(data, 16_000)
+
+
+def test_decode_rejects_truncated_header():
+    with pytest.raises(AudioDecodeError):
+        decode_audio(encode_wav(tone(0.5), 16_000)[:20], 16_000)
+
+
+def test_decode_rejects_zero_samples():
+    with pytest.raises((AudioEmptyError, AudioDecodeError)):
+        decode_audio(_encode(np.zeros(0, dtype="float32"), 16_000, "WAV", "PCM_16"), 16_000)
+
+
+def test_decode_rejects_non_finite():
+    samples = tone(0.5)
+    samples[100] = np.nan
+    with pytest.raises(AudioNonFiniteError):
+        decode_audio(_encode(samples, 16_000, "WAV", "FLOAT"), 16_000)
+
+
+def test_decode_enforces_limits():
+    with pytest.raises(AudioTooLongError):
+        decode_audio(encode_wav(tone(3.0), 16_000), 16_000, AudioLimits(max_seconds=2.0))
+    with pytest.raises(AudioTooLargeError):
+        decode_audio(encode_wav(tone(3.0), 16_000), 16_000, AudioLimits(max_bytes=2048))
+    with pytest.raises(AudioFormatError):
+        decode_audio(encode_wav(tone(0.5, 96_000), 96_000), 16_000)
+    many = np.zeros((1600, 4), dtype="float32")
+    with pytest.raises(AudioFormatError):
+        decode_audio(_encode(many, 16_000, "WAV", "FLOAT"), 16_000)
+
+
+def test_long_compressed_audio_refused_from_header(monkeypatch):
+    """Ten minutes of FLAC silence is a few KB; it must be refused without decoding it."""
+    data = _encode(np.zeros(8_000 * 600, dtype="float32"), 8_000, "FLAC")
+    assert len(data) < AudioLimits().max_bytes
+
+    def fail_if_decoded(*args, **kwargs):
+        raise AssertionError("samples were decoded before the length check")
+
+    monkeypatch.setattr("model.audio.sf.read", fail_if_decoded)
+    with pytest.raises(AudioTooLongError):
+        decode_audio(data, 16_000)
+
+
+# ---- bundle ------------------------------------------------------------------------
+
+
+def test_bundle_round_trip(tiny_bundle, tmp_path):
+    bundle = Bundle.load(tiny_bundle)
+    head = bundle.load_fusion()
+    bundle.metrics = {"acc": 0.5}
+    copy = bundle.save(tmp_path / "copy", head)
+    again = Bundle.load(copy)
+    assert again.metadata() == bundle.metadata()
+    for (name, a), (_, b) in zip(head.state_dict().items(), again.load_fusion().state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_bundle_resolves_relative_encoders_and_keeps_hub_ids(tiny_bundle):
+    bundle = Bundle.load(tiny_bundle)
+    assert bundle.resolve("text_encoder") == str((tiny_bundle / "text_encoder").resolve())
+    assert bundle.resolve("bert-base-uncased") == "bert-base-uncased"
+
+
+def test_bundle_errors_are_clear(tiny_bundle, tmp_path):
+    with pytest.raises(BundleError, match="no bundle.json"):
+        Bundle.load(tmp_path / "missing")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "bundle.json").write_text((tiny_bundle / "bundle.json").read_text())
+    (broken / "fusion.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(BundleError, match="corrupt"):
+        Bundle.load(broken).load_fusion()
+    (broken / "bundle.json").write_text(json.dumps({"format_version": 1}))
+    with pytest.raises(BundleError, match="malformed"):
+        Bundle.load(broken)

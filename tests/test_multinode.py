@@ -1,0 +1,382 @@
+"""Two real Ray nodes on one machine: the encoders live on the second node, which dies and returns.
+
+What runs (all real, nothing simulated):
+
+* ``ray start --head --block`` and ``ray start --address ... --block``, each in its own
+  process group, its own ``--temp-dir`` and its own ports, so they never touch another
+  engineer's Ray on this machine, and ``ray.init()`` elsewhere never finds them (the
+  address file lives in our temp dir, not ``/tmp/ray``). Token auth is on, with a token
+  generated for this test and passed through the environment only.
+* A child Python process (this file, run as a script) that connects with
+  ``ray.init(address=...)``, deploys ``deployments.app.build_app`` with the tiny bundle
+  (encoders pinned to the second node by the custom resource ``encoder_node``, the rest
+  to the head by ``head_node``), and then writes Serve's status every half second.
+* This process sends real HTTP traffic, SIGKILLs the second node's process group (a
+  crash, not a drain), measures failures, starts the node again and measures recovery.
+
+The pytest process itself never calls ``ray.init``, so conftest's session cluster, if
+any, is neither used nor disturbed. Cleanup signals exactly the two process groups
+started here.
+
+Run alone with ``pytest tests/test_multinode.py -s`` to see the figures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Deadlines for each phase (seconds). Generous for a busy 2-core machine; the whole
+# test is additionally bounded by the pytest timeout below.
+START_S = 90
+DEPLOY_S = 240
+DETECT_S = 90
+RECOVER_S = 180
+TOTAL_S = 600
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# ---- the child: connect, deploy, report Serve's status ---------------------------
+
+
+def child_main(argv: list[str]) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--address", required=True)
+    parser.add_argument("--bundle", required=True)
+    parser.add_argument("--http-port", type=int, required=True)
+    parser.add_argument("--timeline", required=True)
+    args = parser.parse_args(argv)
+
+    import ray
+    from ray import serve
+
+    sys.path.insert(0, str(REPO))
+    from deployments.app import build_app
+
+    ray.init(address=args.address, log_to_driver=False)
+    deadline = time.monotonic() + START_S
+    while sum(n["Alive"] for n in ray.nodes()) < 2:
+        if time.monotonic() > deadline:
+            raise SystemExit("the second node never joined")
+        time.sleep(0.5)
+
+    # HeadOnly: a proxy on the second node would want the same port on this machine.
+    serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": args.http_port})
+    on_head = {"num_cpus": 0.1, "resources": {"head_node": 0.1}}
+    on_encoder_node = {"num_cpus": 0.1, "resources": {"encoder_node": 1}}
+    app = build_app({
+        "bundle": args.bundle,
+        # Short timeout: during the outage requests fail in seconds, not half a minute.
+        "settings": {"ui": False, "request_timeout_s": 5, "retries": 1},
+        "deployments": {
+            "Driver": {"ray_actor_options": on_head},
+            "FusionHead": {"ray_actor_options": on_head},
+            "TextEncoder": {"ray_actor_options": on_encoder_node},
+            "AudioEncoder": {"ray_actor_options": on_encoder_node},
+        },
+    })
+    serve.run(app, name="sentiment", route_prefix="/")
+    print("DEPLOYED", flush=True)
+
+    with open(args.timeline, "a", buffering=1) as out:
+        while True:
+            record = {"t": time.time()}
+            try:
+                record["nodes_alive"] = sum(n["Alive"] for n in ray.nodes())
+                status = serve.status().applications["sentiment"]
+                record["app"] = str(status.status.value if hasattr(status.status, "value") else status.status)
+                record["deployments"] = {
+                    name: {
+                        "status": str(getattr(d.status, "value", d.status)),
+                        "replicas": {str(getattr(k, "value", k)): v for k, v in d.replica_states.items()},
+                        "message": d.message[:200],
+                    }
+                    for name, d in status.deployments.items()
+                }
+            except Exception as exc:  # the status call itself can fail mid-transition
+                record["error"] = repr(exc)[:200]
+            out.write(json.dumps(record) + "\n")
+            time.sleep(0.5)
+
+
+if __name__ == "__main__":
+    child_main(sys.argv[1:])
+    raise SystemExit(0)
+
+
+# ---- the test -------------------------------------------------------------------
+
+import httpx  # noqa: E402
+import pytest  # noqa: E402
+
+
+class RayNode:
+    """One ``ray start --block`` in its own process group; stop() signals only that group."""
+
+    def __init__(self, name: str, args: list[str], env: dict, log_dir: Path):
+        self.name = name
+        self.log = log_dir / f"{name}.log"
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", *args],
+                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        self.pgid = self.proc.pid  # start_new_session: the leader's pid is the group id
+
+    def group_alive(self) -> list[int]:
+        alive = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    if os.getpgid(int(entry.name)) == self.pgid:
+                        alive.append(int(entry.name))
+                except (ProcessLookupError, PermissionError):
+                    pass
+        return alive
+
+    def kill(self, sig=signal.SIGKILL) -> None:
+        try:
+            os.killpg(self.pgid, sig)
+        except ProcessLookupError:
+            pass
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        self.kill(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while self.group_alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        self.kill(signal.SIGKILL)
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def node_ports() -> list[str]:
+    # Every port a node opens, chosen here: Ray's fixed defaults (8265, 52365, 10001)
+    # would collide with other clusters on this machine.
+    return [
+        f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
+        "--disable-usage-stats",
+    ]
+
+
+class Timeline:
+    """Reads the child's status lines."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def records(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        lines = self.path.read_text().splitlines()
+        return [json.loads(line) for line in lines if line.strip().endswith("}")]
+
+    def wait_for(self, predicate, after: float, timeout_s: float, what: str) -> dict:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for record in self.records():
+                if record["t"] >= after and "deployments" in record and predicate(record):
+                    return record
+            time.sleep(0.5)
+        last = (self.records() or [{}])[-1]
+        raise AssertionError(f"timed out after {timeout_s} s waiting for {what}; last status: {last}")
+
+
+ENCODERS = ("TextEncoder", "AudioEncoder")
+
+
+def encoders_unhealthy(record: dict) -> bool:
+    return any(record["deployments"][name]["status"] != "HEALTHY" for name in ENCODERS)
+
+
+def all_healthy(record: dict) -> bool:
+    return record.get("app") == "RUNNING" and all(
+        d["status"] == "HEALTHY" and set(d["replicas"]) == {"RUNNING"} for d in record["deployments"].values()
+    )
+
+
+class Traffic(threading.Thread):
+    """Sends text, audio and text+audio requests in a loop and records every outcome."""
+
+    def __init__(self, url: str, wav_b64: str, period_s: float = 0.25):
+        super().__init__(daemon=True)
+        self.url, self.period_s = url, period_s
+        self.bodies = [{"text": "a fine day"}, {"audio": wav_b64}, {"text": "not good", "audio": wav_b64}]
+        self.results: list[tuple[float, float, int | str]] = []  # (start, latency, status or error)
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        with httpx.Client(timeout=15) as client:
+            i = 0
+            while not self.halt.is_set():
+                start = time.time()
+                try:
+                    outcome = client.post(f"{self.url}/v1/predict", json=self.bodies[i % 3]).status_code
+                except httpx.HTTPError as exc:
+                    outcome = type(exc).__name__
+                self.results.append((start, time.time() - start, outcome))
+                i += 1
+                self.halt.wait(self.period_s)
+
+    def between(self, t0: float, t1: float) -> list:
+        return [r for r in self.results if t0 <= r[0] < t1]
+
+
+def encoder_pids(url: str) -> dict:
+    stats = httpx.get(f"{url}/v1/stats", timeout=20).json()
+    return {name: stats[name]["pid"] for name in ENCODERS}
+
+
+def summarize(results: list) -> dict:
+    failures: dict[str, int] = {}
+    for _, _, outcome in results:
+        if outcome != 200:
+            failures[str(outcome)] = failures.get(str(outcome), 0) + 1
+    return {"sent": len(results), "ok": sum(1 for r in results if r[2] == 200), "failures": failures}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(TOTAL_S)
+def test_encoder_node_outage_and_recovery(tiny_bundle, wav_bytes):
+    import base64
+
+    # Short path: Ray puts unix sockets under the temp dir (108-byte limit).
+    root = Path(tempfile.mkdtemp(prefix="mn-", dir="/tmp"))
+    env = dict(
+        os.environ,
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=secrets.token_hex(16),
+        # Stop at once on SIGTERM during cleanup instead of draining for 30 s.
+        RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",
+        RAY_USAGE_STATS_ENABLED="0",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        PYTHONPATH=str(REPO),
+    )
+    env.pop("RAY_ADDRESS", None)
+    gcs_port, http_port = free_port(), free_port()
+    address = f"127.0.0.1:{gcs_port}"
+    url = f"http://127.0.0.1:{http_port}"
+    timeline = Timeline(root / "timeline.jsonl")
+    nodes: list[RayNode] = []
+    child = None
+    traffic = None
+
+    def start_encoder_node(tag: str) -> RayNode:
+        node = RayNode(tag, [
+            f"--address={address}", "--node-ip-address=127.0.0.1", f"--temp-dir={root / tag}",
+            "--num-cpus=1", '--resources={"encoder_node": 2}', "--object-store-memory=100000000",
+            *node_ports(),
+        ], env, root)
+        nodes.append(node)
+        return node
+
+    try:
+        nodes.append(RayNode("head", [
+            "--head", f"--port={gcs_port}", "--node-ip-address=127.0.0.1", f"--temp-dir={root / 'head'}",
+            "--num-cpus=2", '--resources={"head_node": 1}', "--object-store-memory=200000000",
+            "--include-dashboard=false", f"--dashboard-port={free_port()}",
+            f"--ray-client-server-port={free_port()}", *node_ports(),
+        ], env, root))
+        time.sleep(3)  # let the GCS come up before the second node dials it
+        worker = start_encoder_node("encoders-1")
+
+        t_start = time.time()
+        child = subprocess.Popen(
+            [sys.executable, __file__, "--address", address, "--bundle", str(tiny_bundle),
+             "--http-port", str(http_port), "--timeline", str(timeline.path)],
+            env=env, cwd=REPO, stdout=open(root / "child.log", "wb"), stderr=subprocess.STDOUT,
+        )
+        timeline.wait_for(all_healthy, t_start, DEPLOY_S, "the app to deploy on two nodes")
+        deploy_s = time.time() - t_start
+
+        wav_b64 = base64.b64encode(wav_bytes).decode()
+        for body in ({"text": "warm up"}, {"audio": wav_b64}, {"text": "both", "audio": wav_b64}):
+            assert httpx.post(f"{url}/v1/predict", json=body, timeout=60).status_code == 200
+        pids_before = encoder_pids(url)
+
+        traffic = Traffic(url, wav_b64)
+        traffic.start()
+        time.sleep(3)
+
+        # ---- outage: the encoder node crashes ------------------------------------
+        t_kill = time.time()
+        worker.kill(signal.SIGKILL)
+        unhealthy = timeline.wait_for(encoders_unhealthy, t_kill, DETECT_S, "Serve to report the encoders unhealthy")
+        detect_s = unhealthy["t"] - t_kill
+        time.sleep(5)  # a few more seconds of traffic against the degraded app
+
+        # ---- the node returns (new process, new ports, same resources) ------------
+        t_back = time.time()
+        start_encoder_node("encoders-2")
+        healthy = timeline.wait_for(all_healthy, t_back, RECOVER_S, "Serve to reschedule the encoders")
+        recover_s = healthy["t"] - t_back
+        time.sleep(3)
+        traffic.halt.set()
+        traffic.join(timeout=30)
+
+        outage = summarize(traffic.between(t_kill, healthy["t"]))
+        before = summarize(traffic.between(0, t_kill))
+        after = summarize(traffic.between(healthy["t"] + 1, float("inf")))
+        ok_after_back = [r[0] for r in traffic.results if r[0] >= t_back and r[2] == 200]
+        first_ok_s = (ok_after_back[0] - t_back) if ok_after_back else None
+        pids_after = encoder_pids(url)
+        report = {
+            "deploy_s": round(deploy_s, 1),
+            "detect_unhealthy_s": round(detect_s, 1),
+            "unhealthy_status": {n: unhealthy["deployments"][n] for n in ENCODERS},
+            "recover_s": round(recover_s, 1),
+            "first_success_after_restart_s": None if first_ok_s is None else round(first_ok_s, 1),
+            "outage_window_s": round(healthy["t"] - t_kill, 1),
+            "before": before, "outage": outage, "after": after,
+            "encoder_pids_before": pids_before, "encoder_pids_after": pids_after,
+        }
+        print("\nMULTINODE " + json.dumps(report, indent=1))
+
+        assert before["sent"] > 0 and before["ok"] == before["sent"], before
+        # The outage is real and measured: requests that needed the dead node failed.
+        assert outage["ok"] < outage["sent"], outage
+        assert after["sent"] > 0 and after["ok"] == after["sent"], after
+        # Rescheduled: new replica processes answer after recovery.
+        assert all(pids_after[n] != pids_before[n] for n in ENCODERS), (pids_before, pids_after)
+    except BaseException:
+        for log in sorted(root.glob("*.log")):
+            print(f"---- {log.name} (tail) ----\n{log.read_text(errors='replace')[-2500:]}")
+        raise
+    finally:
+        if traffic is not None:
+            traffic.halt.set()
+        if child is not None:
+            child.terminate()
+            try:
+                child.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        for node in reversed(nodes):
+            node.stop()
+        leftovers = {node.name: node.group_alive() for node in nodes if node.group_alive()}
+        shutil.rmtree(root, ignore_errors=True)
+        assert not leftovers, f"processes survived cleanup: {leftovers}"
