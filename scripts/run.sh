@@ -1,13 +1,23 @@
 #!/usr/bin/env bash
-# Start a local Ray head bound to loopback (GCS, dashboard and Serve HTTP on 127.0.0.1
-# only), run the Serve config in the foreground, and stop Ray on exit.
+# Start a local Ray head bound to loopback (dashboard and Serve HTTP on 127.0.0.1),
+# run the Serve config in the foreground, and stop that Ray head on exit.
 set -euo pipefail
 CONFIG=${1:-serve_config.yaml}
-BIN=$(dirname "$0")/../.venv/bin
-export RAY_ADDRESS=127.0.0.1:${RAY_GCS_PORT:-6380}
-"$BIN/ray" start --head --node-ip-address=127.0.0.1 --port="${RAY_GCS_PORT:-6380}" \
+BIN=$(cd "$(dirname "$0")/../.venv/bin" && pwd)
+PORT=${RAY_GCS_PORT:-6380}
+
+# Ray 2.60 turns token auth on for `ray start --head` when ~/.ray/auth_token exists,
+# but clients connecting by address only send the token when RAY_AUTH_MODE=token.
+# So: make sure a token exists and say "token" explicitly to both sides.
+"$BIN/ray" get-auth-token --generate >/dev/null
+export RAY_AUTH_MODE=token
+export RAY_ADDRESS=127.0.0.1:$PORT
+
+TEMP_DIR=$(mktemp -d /tmp/ray-run.XXXXXX)
+"$BIN/ray" start --head --node-ip-address=127.0.0.1 --port="$PORT" \
   --dashboard-host=127.0.0.1 --dashboard-port="${RAY_DASHBOARD_PORT:-8265}" \
-  --num-cpus="${RAY_NUM_CPUS:-2}" --disable-usage-stats >/dev/null
-trap '"$BIN/ray" stop >/dev/null 2>&1 || true' EXIT
+  --num-cpus="${RAY_NUM_CPUS:-2}" --temp-dir="$TEMP_DIR" --disable-usage-stats >/dev/null
+# Stop only this head: `ray stop` would end every Ray on the machine.
+trap 'pkill -f -- "$TEMP_DIR" 2>/dev/null || true; sleep 1; pkill -9 -f -- "$TEMP_DIR" 2>/dev/null || true' EXIT
 echo "Serving on http://127.0.0.1:8000 (Ctrl-C to stop)"
 "$BIN/serve" run "$CONFIG"
