@@ -120,14 +120,17 @@ async def edge(request: Request, call_next):
     rendered by the same ``api.error_response`` those handlers use.
     """
     request.state.request_id = request_id = _request_id(request)
-    # The module's app, not request.app: inside a Gradio mount that is the sub-app.
-    settings: DriverSettings = app.state.settings
+    # request.app, not the module's ``app``: Serve serves a pickled copy of the app,
+    # and this function's globals may belong to another copy. Here (outside the
+    # Gradio mount) request.app is the served app whose state __init__ filled.
+    state = request.app.state
+    settings: DriverSettings = state.settings
     try:
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > settings.limits.max_body_bytes:
             raise api.PayloadTooLarge(
                 f"request body is {declared} bytes; the limit is {settings.limits.max_body_bytes}")
-        expected = app.state.api_key
+        expected = state.api_key
         if expected and request.url.path not in OPEN_PATHS and not _authorized(request, expected):
             browser = not request.url.path.startswith("/v1/")
             challenge = 'Basic realm="sentiment", charset="UTF-8"' if browser else "Bearer"
@@ -175,6 +178,8 @@ class Driver:
             min_sample_rate=limits.min_sample_rate, max_sample_rate=limits.max_sample_rate,
             max_channels=limits.max_channels,
         )
+        # In the replica, ``app`` here is the copy Serve actually serves (checked:
+        # the same object as request.app), so the edge middleware reads this state.
         app.state.settings = self.settings
         app.state.api_key = os.environ.get(self.settings.api_key_env, "")
         if app.state.api_key:

@@ -218,4 +218,5 @@ def mount_ui(app, driver) -> None:
     max_upload = max(driver.settings.limits.max_audio_bytes, BATCH_LIMITS.max_zip_bytes,
                      BATCH_LIMITS.max_manifest_bytes)
     # ssr_mode=False: client-side rendering only, so Gradio never starts a Node server in the replica.
-    gr.mount_gradio_app(app, demo, path="/", max_file_size=max_upload, enable_monitoring=False, ssr_mode=False)
+    gr.mount_gradio_app(app, demo, path="/", max_file_size=max_upload, enable_monitoring=False, ssr_mode=False,
+                        run_history=False)

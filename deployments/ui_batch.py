@@ -128,18 +128,19 @@ class AudioArchive:
         """One member's bytes; raises ``BatchError`` (reported on the row) when unusable."""
         info = self.members.get(_member_key(name))
         if info is None:
-            raise BatchError(f"'{name}' is not in the zip")
+            raise BatchError(f"'{name}' is not in the zip", "audio_not_in_zip")
         if info.flag_bits & 0x1:
-            raise BatchError(f"'{name}' is encrypted")
+            raise BatchError(f"'{name}' is encrypted", "audio_unreadable")
         if info.file_size > self.max_audio_bytes:
-            raise BatchError(f"'{name}' is {info.file_size} bytes; the audio limit is {self.max_audio_bytes}")
+            raise BatchError(f"'{name}' is {info.file_size} bytes; the audio limit is {self.max_audio_bytes}",
+                             "audio_too_large")
         try:
             with self.zip.open(info) as member:
                 data = member.read(self.max_audio_bytes + 1)
         except (zipfile.BadZipFile, OSError, NotImplementedError, RuntimeError) as exc:
-            raise BatchError(f"'{name}' could not be read from the zip: {str(exc)[:120]}") from None
+            raise BatchError(f"'{name}' could not be read from the zip: {str(exc)[:120]}", "audio_unreadable") from None
         if len(data) > self.max_audio_bytes:
-            raise BatchError(f"'{name}' exceeds the audio limit of {self.max_audio_bytes} bytes")
+            raise BatchError(f"'{name}' exceeds the audio limit of {self.max_audio_bytes} bytes", "audio_too_large")
         return data
 
     def close(self) -> None:
@@ -156,7 +157,7 @@ async def _predict_row(row: Row, archive: AudioArchive | None, predict: Predict,
         audio = None
         if row.audio is not None:
             if archive is None:
-                raise BatchError(f"row names audio '{row.audio}' but no zip of audio was uploaded")
+                raise BatchError(f"row names audio '{row.audio}' but no zip of audio was uploaded", "audio_not_in_zip")
             # Inflating a member is CPU work: keep it off the driver's event loop.
             audio = await asyncio.to_thread(archive.read, row.audio)
         request = check_input(row.text, audio, limits)

@@ -18,6 +18,13 @@ TEMP_DIR=$(mktemp -d /tmp/ray-run.XXXXXX)
   --dashboard-host=127.0.0.1 --dashboard-port="${RAY_DASHBOARD_PORT:-8265}" \
   --num-cpus="${RAY_NUM_CPUS:-2}" --temp-dir="$TEMP_DIR" --disable-usage-stats >/dev/null
 # Stop only this head: `ray stop` would end every Ray on the machine.
-trap 'pkill -f -- "$TEMP_DIR" 2>/dev/null || true; sleep 1; pkill -9 -f -- "$TEMP_DIR" 2>/dev/null || true' EXIT
+cleanup() {
+  trap - EXIT INT TERM
+  pkill -f -- "$TEMP_DIR" 2>/dev/null || true
+  sleep 2
+  pkill -9 -f -- "$TEMP_DIR" 2>/dev/null || true
+  rm -rf "$TEMP_DIR"
+}
+trap cleanup EXIT INT TERM
 echo "Serving on http://127.0.0.1:8000 (Ctrl-C to stop)"
 "$BIN/serve" run "$CONFIG"

@@ -142,6 +142,17 @@ class RayNode:
             )
         self.pgid = self.proc.pid  # start_new_session: the leader's pid is the group id
 
+    def wait_started(self, timeout_s: float = START_S) -> None:
+        """Until ``ray start`` says so; it gives up by itself if its raylet is not registered in 30 s."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if "Ray runtime started" in self.log.read_text(errors="replace"):
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ray start ({self.name}) exited with {self.proc.returncode}")
+            time.sleep(0.5)
+        raise TimeoutError(f"ray start ({self.name}) did not finish in {timeout_s} s")
+
     def group_alive(self) -> list[int]:
         alive = []
         for entry in Path("/proc").iterdir():
@@ -187,6 +198,7 @@ class Timeline:
 
     def __init__(self, path: Path):
         self.path = path
+        self.child: subprocess.Popen | None = None  # fail fast when the reporter dies
 
     def records(self) -> list[dict]:
         if not self.path.exists():
@@ -197,6 +209,8 @@ class Timeline:
     def wait_for(self, predicate, after: float, timeout_s: float, what: str) -> dict:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
+            if self.child is not None and self.child.poll() is not None:
+                raise AssertionError(f"the status reporter exited ({self.child.returncode}) while waiting for {what}")
             for record in self.records():
                 if record["t"] >= after and "deployments" in record and predicate(record):
                     return record
@@ -300,8 +314,9 @@ def test_encoder_node_outage_and_recovery(tiny_bundle, wav_bytes):
             "--num-cpus=2", '--resources={"head_node": 1}', "--object-store-memory=200000000",
             "--include-dashboard=false", f"--dashboard-port={free_port()}",
             f"--ray-client-server-port={free_port()}", *node_ports(),
-        ], env, root))
-        time.sleep(3)  # let the GCS come up before the second node dials it
+        ], env, root)
+        nodes.append(head)
+        head.wait_started()
         worker = start_encoder_node("encoders-1")
 
         t_start = time.time()
@@ -310,6 +325,7 @@ def test_encoder_node_outage_and_recovery(tiny_bundle, wav_bytes):
              "--http-port", str(http_port), "--timeline", str(timeline.path)],
             env=env, cwd=REPO, stdout=open(root / "child.log", "wb"), stderr=subprocess.STDOUT,
         )
+        timeline.child = child
         timeline.wait_for(all_healthy, t_start, DEPLOY_S, "the app to deploy on two nodes")
         deploy_s = time.time() - t_start
 
