@@ -107,7 +107,8 @@ def build_workload(n: int, tokenizer, seed: int = 0, kinds: dict | None = None,
             target = rng.randint(lo, hi)
             review = rng.choice(reviews)
             start = rng.randrange(0, max(1, len(review) // 3))
-            text = cut_to_tokens(review[start:].lstrip(), target, tokenizer)
+            # 128 tokens are well under 1,500 characters of English prose.
+            text = cut_to_tokens(review[start : start + 1500].lstrip(), target, tokenizer)
             tokens = len(tokenizer(text)["input_ids"])
         if kind in ("audio", "both"):
             # Log-uniform: many short utterances, a few long ones.

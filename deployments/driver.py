@@ -76,6 +76,23 @@ def receptive_field(conv_kernel, conv_stride) -> int:
     return field
 
 
+def check_output(result: dict) -> None:
+    """A model that has gone bad (NaN weights) answers NaN: refuse to serve it.
+
+    Retryable (another replica may be healthy); the replica's health check fails
+    on the same fault and Serve replaces it.
+    """
+    numbers = [result["sentiment"], *result["scores"].values()]
+    for branch in result.get("modalities", {}).values():
+        numbers += [branch["sentiment"], *branch["scores"].values()]
+    if not all(math.isfinite(x) for x in numbers):
+        raise api.ModelUnhealthy("the model produced an invalid (non-finite) output; retry shortly")
+
+
+# NOTE: @serve.ingress pickles this app, and with it the Driver class, when the
+# class is decorated: a global the class uses must be defined ABOVE the class, or
+# the replica raises NameError. (The same pickling is why the middleware reads
+# request.app.state rather than the module's ``app``.)
 app = FastAPI(
     title="Multimodal sentiment",
     description="Text + audio sentiment: BERT-family and Wav2Vec2-family encoders fused by cross-modal attention.",
@@ -298,15 +315,3 @@ class Driver:
                                 headers={"Retry-After": api.RETRY_AFTER_S})
         return JSONResponse({"status": "ok", "model": self.bundle.name, "version": self.bundle.version})
 
-
-def check_output(result: dict) -> None:
-    """A model that has gone bad (NaN weights) answers NaN: refuse to serve it.
-
-    Retryable (another replica may be healthy); the replica's health check fails
-    on the same fault and Serve replaces it.
-    """
-    numbers = [result["sentiment"], *result["scores"].values()]
-    for branch in result.get("modalities", {}).values():
-        numbers += [branch["sentiment"], *branch["scores"].values()]
-    if not all(math.isfinite(x) for x in numbers):
-        raise api.ModelUnhealthy("the model produced an invalid (non-finite) output; retry shortly")

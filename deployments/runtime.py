@@ -121,13 +121,13 @@ class ModelReplica:
     def batch_stats(self) -> dict:
         return self.stats.snapshot()
 
-    def inject_fault(self, kind: str = "nan_weights") -> int:
+    def inject_fault(self, kind: str = "nan_weights") -> str:
         """Test-only: break this replica's model the way a bad GPU or a bad update would.
 
         Reachable only through a ``DeploymentHandle``: model deployments have no
         HTTP route and the driver never calls this. Refused unless the replica was
         started with ``SENTIMENT_FAULT_INJECTION=1``, so a production replica cannot
-        be broken even by code that holds a handle. Returns the replica's pid.
+        be broken even by code that holds a handle. Returns the replica's id.
         """
         if os.environ.get(FAULT_INJECTION_ENV) != "1":
             raise PermissionError(f"fault injection is disabled; start the replica with {FAULT_INJECTION_ENV}=1")
@@ -138,7 +138,9 @@ class ModelReplica:
                 for param in module.parameters():
                     param.fill_(float("nan"))
         logger.warning("fault injected: %s", kind)
-        return os.getpid()
+        from ray import serve
+
+        return serve.get_replica_context().replica_tag
 
     def _torch_modules(self) -> list[torch.nn.Module]:
         """The torch modules this replica holds, directly or inside an encoder wrapper."""

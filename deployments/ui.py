@@ -32,7 +32,6 @@ UNTRAINED_BANNER = (
     "meaningless. Build the demo model with `make demo-model`."
 )
 AUDIO_FORMATS = "WAV, FLAC, OGG or MP3"
-BATCH_LIMITS = BatchLimits()
 # Interactive requests are cheap for the driver itself (it awaits the model
 # deployments), so several run at once; the model deployments' own queues and
 # batching do the real load management. A batch job is many requests: one at a
@@ -45,7 +44,7 @@ PREVIEW_ROWS = 50
 
 
 def _mb(n_bytes: int) -> str:
-    return f"{n_bytes / (1024 * 1024):g} MB"
+    return f"{n_bytes / (1024 * 1024):.3g} MB"
 
 
 def ui_error(exc: Exception, request_id: str) -> gr.Error:
@@ -63,6 +62,7 @@ def build_ui(driver) -> gr.Blocks:
     bundle, limits = driver.bundle, driver.settings.limits
     labels = list(bundle.labels)
     examples = load_examples(bundle, limits.max_audio_bytes)
+    batch_limits = BatchLimits.for_body_limit(limits.max_body_bytes)
 
     async def predict(text: str | None, audio_path: str | None):
         request_id = f"ui-{uuid.uuid4().hex[:12]}"
@@ -97,12 +97,12 @@ def build_ui(driver) -> gr.Blocks:
             raise gr.Error("Upload a manifest first (CSV or JSONL).", title="Nothing to run", print_exception=False)
         archive = None
         try:
-            rows = read_manifest(manifest_path, BATCH_LIMITS)
+            rows = read_manifest(manifest_path, batch_limits)
             if zip_path:
-                archive = await asyncio.to_thread(AudioArchive, zip_path, BATCH_LIMITS, limits.max_audio_bytes)
+                archive = await asyncio.to_thread(AudioArchive, zip_path, batch_limits, limits.max_audio_bytes)
             progress((0, len(rows)), desc="Predicting", unit="rows")
             results = await run_batch(
-                rows, archive, driver.predict, limits, labels, BATCH_LIMITS,
+                rows, archive, driver.predict, limits, labels, batch_limits,
                 lambda done, total: progress((done, total), desc="Predicting", unit="rows"),
             )
         except BatchError as exc:
@@ -184,9 +184,9 @@ def build_ui(driver) -> gr.Blocks:
                     "download the predictions as CSV. Rows run through the same service as the API.\n\n"
                     "- CSV with a header, or JSONL (one object per line), with a `text` and/or an "
                     "`audio` column (a file name inside the zip), and an optional `id`.\n"
-                    f"- At most {BATCH_LIMITS.max_rows} rows and {_mb(BATCH_LIMITS.max_manifest_bytes)} of manifest; "
-                    f"zip up to {_mb(BATCH_LIMITS.max_zip_bytes)}, {BATCH_LIMITS.max_zip_members} files and "
-                    f"{_mb(BATCH_LIMITS.max_unzipped_bytes)} unpacked; each audio file within the limits above.\n"
+                    f"- At most {batch_limits.max_rows} rows and {_mb(batch_limits.max_manifest_bytes)} of manifest; "
+                    f"zip up to {_mb(batch_limits.max_zip_bytes)}, {batch_limits.max_zip_members} files and "
+                    f"{_mb(batch_limits.max_unzipped_bytes)} unpacked; each audio file within the limits above.\n"
                     "- A row that fails is kept in the CSV with `status=error` and the reason."
                 )
                 with gr.Row():
@@ -213,10 +213,11 @@ def mount_ui(app, driver) -> None:
     # position), then gets a "queue full" message instead of piling unbounded work
     # onto the replica. The JSON API does not go through this queue.
     demo.queue(default_concurrency_limit=PREDICT_CONCURRENCY, max_size=QUEUE_MAX_SIZE)
-    # One upload cap for the whole page, sized for the batch zip; single audio
-    # files above the audio limit are refused by predict() with a readable message.
-    max_upload = max(driver.settings.limits.max_audio_bytes, BATCH_LIMITS.max_zip_bytes,
-                     BATCH_LIMITS.max_manifest_bytes)
+    # One upload cap for the whole page, sized for the batch zip (itself under the
+    # driver's body cap); single audio files above the audio limit are refused by
+    # predict() with a readable message.
+    limits = driver.settings.limits
+    max_upload = max(limits.max_audio_bytes, BatchLimits.for_body_limit(limits.max_body_bytes).max_zip_bytes)
     # ssr_mode=False: client-side rendering only, so Gradio never starts a Node server in the replica.
     gr.mount_gradio_app(app, demo, path="/", max_file_size=max_upload, enable_monitoring=False, ssr_mode=False,
                         run_history=False)

@@ -33,16 +33,29 @@ from deployments.request_parsing import PredictInput, check_input
 logger = logging.getLogger("ray.serve")
 
 
+# Room for the multipart framing around an uploaded file.
+UPLOAD_OVERHEAD_BYTES = 64 * 1024
+
+
 @dataclass(frozen=True)
 class BatchLimits:
     max_manifest_bytes: int = 5 * 1024 * 1024
     max_rows: int = 1_000
+    # Every request to the driver, Gradio uploads included, passes the driver's
+    # body cap (limits.max_body_bytes); ``for_body_limit`` keeps the zip under it.
     max_zip_bytes: int = 50 * 1024 * 1024
     max_zip_members: int = 2_000
     max_unzipped_bytes: int = 200 * 1024 * 1024
     # Rows in flight at once: enough for the encoders' @serve.batch to form batches,
     # few enough that one batch job does not crowd out interactive users.
     parallel: int = 8
+
+    @classmethod
+    def for_body_limit(cls, max_body_bytes: int) -> "BatchLimits":
+        usable = max(1024, max_body_bytes - UPLOAD_OVERHEAD_BYTES)
+        defaults = cls()
+        return cls(max_zip_bytes=min(defaults.max_zip_bytes, usable),
+                   max_manifest_bytes=min(defaults.max_manifest_bytes, usable))
 
 
 class BatchError(ServiceError):

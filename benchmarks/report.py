@@ -1,0 +1,347 @@
+"""Turning one run's results into targets, a Markdown report and plots."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+# The issue's targets, as ratios from one run.
+TARGETS = {
+    "saturation_vs_limit": 0.90,  # (c)/(a) throughput at saturation
+    "vs_seed_at_16": 1.30,  # (c)/(b) throughput at concurrency 16 (and lower p99)
+    "text_batching_gain": 2.00,  # TextEncoder batching on/off, short texts, concurrency 16
+    "overhead_c1_ms": 15.0,  # p50 of (c) at concurrency 1 minus in-process compute p50
+}
+
+
+# ---- machine fingerprint ------------------------------------------------------------
+
+
+def fingerprint() -> dict:
+    import psutil
+    import torch
+
+    versions = {"python": platform.python_version()}
+    for name in ("torch", "transformers", "ray", "fastapi", "gradio", "httpx", "numpy"):
+        try:
+            versions[name] = __import__(name).__version__
+        except Exception:  # an optional package missing must not stop the report
+            versions[name] = None
+    cpu_model = ""
+    try:
+        cpu_model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                         if line.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu_model = platform.processor()
+    gpus = []
+    if torch.cuda.is_available():
+        gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return {
+        "platform": platform.platform(),
+        "cpu_model": cpu_model,
+        "logical_cores": os.cpu_count(),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "gpus": gpus,
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "torch_parallel": torch.__config__.parallel_info().splitlines()[:6],
+        "versions": versions,
+        "argv": sys.argv,
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+# ---- targets -----------------------------------------------------------------------
+
+
+def _ratio(a, b):
+    return round(a / b, 3) if a is not None and b else None
+
+
+def evaluate(results: dict) -> list[dict]:
+    """One row per target: the measured value, the threshold, met or not, and the inputs."""
+    a, b, c = results.get("limit"), results.get("seed"), results.get("served")
+    rows = []
+    if a and c and c.get("levels"):
+        best = max(c["levels"], key=lambda lvl: lvl["throughput_rps"])
+        value = _ratio(best["throughput_rps"], a["throughput_rps"])
+        cpu_value = _ratio(best.get("ok_per_cpu_s"), a.get("ok_per_cpu_s"))
+        rows.append({"target": "(c)/(a) throughput at saturation", "value": value,
+                     "threshold": f">= {TARGETS['saturation_vs_limit']}",
+                     "met": value is not None and value >= TARGETS["saturation_vs_limit"],
+                     "detail": f"(c) best {best['throughput_rps']:.2f} rps at concurrency {best['concurrency']}; "
+                               f"(a) {a['throughput_rps']:.2f} rps at batch {a['best_batch_size']}; "
+                               f"per CPU-second ratio {cpu_value}"})
+    level16 = _level(c, 16)
+    if b and level16:
+        b16 = b["by_concurrency"].get("16")
+        value = _ratio(level16["throughput_rps"], b["throughput_rps"])
+        p99_lower = level16["p99_ms"] is not None and b16 and level16["p99_ms"] < b16["p99_ms"]
+        rows.append({"target": "(c)/(b) throughput at concurrency 16, lower p99", "value": value,
+                     "threshold": f">= {TARGETS['vs_seed_at_16']} and p99 lower",
+                     "met": value is not None and value >= TARGETS["vs_seed_at_16"] and bool(p99_lower),
+                     "detail": f"(c) {level16['throughput_rps']:.2f} rps p99 {level16['p99_ms']} ms; "
+                               f"(b) {b['throughput_rps']:.2f} rps p99 {b16['p99_ms'] if b16 else None} ms"})
+    scenario = (c or {}).get("text_batching")
+    if scenario and scenario.get("configured") and scenario.get("batching_off"):
+        on, off = scenario["configured"], scenario["batching_off"]
+        value = _ratio(on["throughput_rps"], off["throughput_rps"])
+        rows.append({"target": "TextEncoder batching on/off, short texts, concurrency 16", "value": value,
+                     "threshold": f">= {TARGETS['text_batching_gain']}",
+                     "met": value is not None and value >= TARGETS["text_batching_gain"],
+                     "detail": f"on {on['throughput_rps']:.2f} rps (mean batch "
+                               f"{on['batches'].get('TextEncoder', {}).get('mean_batch_size')}); "
+                               f"off {off['throughput_rps']:.2f} rps"})
+    level1 = _level(c, 1)
+    if b and level1 and level1["p50_ms"] is not None:
+        value = round(level1["p50_ms"] - b["service"]["p50_ms"], 1)
+        rows.append({"target": "overhead at concurrency 1: p50 (c) - in-process compute p50", "value": value,
+                     "threshold": f"<= {TARGETS['overhead_c1_ms']} ms",
+                     "met": value <= TARGETS["overhead_c1_ms"],
+                     "detail": f"(c) p50 {level1['p50_ms']} ms; in-process (b) p50 {b['service']['p50_ms']} ms; "
+                               + "; ".join(f"{k}: {level1['by_kind'][k]['p50_ms']} vs {b['service_by_kind'][k]['p50_ms']}"
+                                           for k in sorted(level1.get("by_kind", {})) if k in b["service_by_kind"])})
+    return rows
+
+
+def _level(served: dict | None, concurrency: int) -> dict | None:
+    for level in (served or {}).get("levels", []):
+        if level["concurrency"] == concurrency:
+            return level
+    return None
+
+
+# ---- plots -------------------------------------------------------------------------
+
+
+def plot_latency_throughput(results: dict, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    levels = results.get("served", {}).get("levels", [])
+    if levels:
+        x = [lvl["throughput_rps"] for lvl in levels]
+        for key, style in (("p50_ms", "o-"), ("p99_ms", "s--")):
+            ax.plot(x, [lvl[key] or float("nan") for lvl in levels], style, label=f"(c) served {key[:3]}")
+        for lvl in levels:
+            ax.annotate(f"c={lvl['concurrency']}", (lvl["throughput_rps"], lvl["p50_ms"] or 0),
+                        textcoords="offset points", xytext=(4, 4), fontsize=8)
+    seed = results.get("seed")
+    if seed:
+        conc = sorted(seed["by_concurrency"], key=int)
+        ax.plot([seed["throughput_rps"]] * len(conc), [seed["by_concurrency"][k]["p99_ms"] for k in conc], "x:",
+                label="(b) seed p99 (queue model)")
+    limit = results.get("limit")
+    if limit:
+        ax.axvline(limit["throughput_rps"], color="gray", linestyle=":",
+                   label=f"(a) limit, batch {limit['best_batch_size']}")
+    ax.set_xlabel("throughput (requests/s)")
+    ax.set_ylabel("latency (ms)")
+    ax.set_yscale("log")
+    ax.set_title("Latency vs throughput")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_batch_histograms(results: dict, path: Path) -> None:
+    served = results.get("served", {})
+    runs = [(f"c={lvl['concurrency']}", lvl["batches"]) for lvl in served.get("levels", [])]
+    scenario = served.get("text_batching") or {}
+    runs += [(f"text-only {name}", run["batches"]) for name, run in scenario.items() if isinstance(run, dict)]
+    names = ("TextEncoder", "AudioEncoder", "FusionHead")
+    fig, axes = plt.subplots(1, len(names), figsize=(13, 3.8))
+    width = 0.8 / max(1, len(runs))
+    for ax, name in zip(axes, names):
+        for i, (label, batches) in enumerate(runs):
+            hist = batches.get(name, {}).get("histogram", {})
+            total = sum(hist.values()) or 1
+            sizes = sorted(int(k) for k in hist)
+            ax.bar([s + i * width for s in sizes], [hist[str(s)] / total for s in sizes], width=width, label=label)
+        ax.set_title(name)
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("share of batches")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---- markdown ---------------------------------------------------------------------
+
+
+def _fmt(value, digits=2):
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def results_table(results: dict) -> str:
+    rows = ["| system | concurrency | throughput (rps) | p50 ms | p95 ms | p99 ms | errors | 503 | cores used | ok/CPU-s |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    a = results.get("limit")
+    if a:
+        best = a["sweep"][str(a["best_batch_size"])]
+        rows.append(f"| (a) in-process batched, batch {a['best_batch_size']} | all at once | {_fmt(a['throughput_rps'])} | "
+                    f"{_fmt(best['p50_ms'], 0)} | {_fmt(best['p95_ms'], 0)} | {_fmt(best['p99_ms'], 0)} | 0 | 0 | "
+                    f"{_fmt(a.get('cores_used'))} | {_fmt(a.get('ok_per_cpu_s'))} |")
+    b = results.get("seed")
+    if b:
+        for conc, row in sorted(b["by_concurrency"].items(), key=lambda kv: int(kv[0])):
+            rows.append(f"| (b) seed, one at a time | {conc} | {_fmt(row['throughput_rps'])} | {_fmt(row['p50_ms'], 0)} | "
+                        f"{_fmt(row['p95_ms'], 0)} | {_fmt(row['p99_ms'], 0)} | 0 | 0 | {_fmt(b.get('cores_used'))} | "
+                        f"{_fmt(b.get('ok_per_cpu_s'))} |")
+    for lvl in results.get("served", {}).get("levels", []):
+        rows.append(f"| (c) serve run | {lvl['concurrency']} | {_fmt(lvl['throughput_rps'])} | {_fmt(lvl['p50_ms'], 0)} | "
+                    f"{_fmt(lvl['p95_ms'], 0)} | {_fmt(lvl['p99_ms'], 0)} | {lvl['errors']} | {lvl['status_503']} | "
+                    f"{_fmt(lvl['cores_used'])} | {_fmt(lvl['ok_per_cpu_s'])} |")
+    return "\n".join(rows)
+
+
+def targets_table(rows: list[dict]) -> str:
+    out = ["| target | measured | threshold | met | detail |", "|---|---|---|---|---|"]
+    for row in rows:
+        out.append(f"| {row['target']} | {_fmt(row['value'], 3)} | {row['threshold']} | "
+                   f"{'yes' if row['met'] else '**no**'} | {row['detail']} |")
+    return "\n".join(out)
+
+
+def batches_table(results: dict) -> str:
+    out = ["| run | deployment | batches | mean size | histogram (size: count) |", "|---|---|---|---|---|"]
+    served = results.get("served", {})
+    runs = [(f"mixed c={lvl['concurrency']}", lvl["batches"]) for lvl in served.get("levels", [])]
+    runs += [(f"text-only c=16, {name}", run["batches"]) for name, run in (served.get("text_batching") or {}).items()
+             if isinstance(run, dict)]
+    for label, batches in runs:
+        for name, snap in batches.items():
+            hist = ", ".join(f"{k}: {v}" for k, v in sorted(snap["histogram"].items(), key=lambda kv: int(kv[0])))
+            flag = "" if snap.get("same_replica", True) else " (replica changed)"
+            out.append(f"| {label} | {name} | {snap['batches']} | {snap['mean_batch_size']} | {hist}{flag} |")
+    return "\n".join(out)
+
+
+def memory_table(served: dict) -> str:
+    out = ["| process | count | peak RSS MiB (max) | peak RSS MiB (sum) |", "|---|---|---|---|"]
+    for role, row in served.get("memory", {}).items():
+        out.append(f"| {role} | {row['processes']} | {row['peak_rss_mib_max']} | {row['peak_rss_mib_sum']} |")
+    return "\n".join(out)
+
+
+def replicas_summary(served: dict) -> str:
+    timeline = [t for t in served.get("replica_timeline", []) if "replicas" in t]
+    if not timeline:
+        return "No replica timeline was recorded."
+    peak: dict[str, dict[str, int]] = {}
+    for point in timeline:
+        for name, states in point["replicas"].items():
+            for state, count in states.items():
+                peak.setdefault(name, {})[state] = max(count, peak.get(name, {}).get(state, 0))
+    out = ["| deployment | most replicas seen per state |", "|---|---|"]
+    for name, states in sorted(peak.items()):
+        out.append(f"| {name} | {', '.join(f'{s}: {n}' for s, n in sorted(states.items()))} |")
+    return "\n".join(out) + f"\n\n{len(timeline)} samples of `serve.status()`; the full timeline is in results.json."
+
+
+def profile_section(served: dict) -> str:
+    profile = served.get("profile")
+    if not profile:
+        return "No profile was taken (run with `--profile`)."
+    out = [f"py-spy, {profile['seconds']} s at concurrency {profile['concurrency']} (mixed workload), "
+           f"{profile['rate']} samples/s, Python frames, idle threads excluded.\n"]
+    for role, summary in profile["processes"].items():
+        out.append(f"**{role}** ({summary['samples']} samples), top frames by inclusive share:\n")
+        out.append("| share | frame |\n|---|---|")
+        for frame, share in summary["top_inclusive"][:10]:
+            out.append(f"| {share:.0%} | `{frame}` |")
+        out.append("")
+    return "\n".join(out)
+
+
+def write_report(out_dir: Path, results: dict) -> Path:
+    results["targets"] = evaluate(results)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    plot_latency_throughput(results, out_dir / "latency_vs_throughput.png")
+    plot_batch_histograms(results, out_dir / "batch_histograms.png")
+    fp, served = results["fingerprint"], results.get("served", {})
+    scenario = served.get("text_batching") or {}
+    lines = [
+        f"# Benchmark report: {results['started_at']}",
+        "",
+        f"Mode: **{results['mode']}**. Models: `{results['bundle']['name']}` "
+        f"(text {results['bundle'].get('text_encoder')}, audio {results['bundle'].get('audio_encoder')}). "
+        "Random weights: same FLOPs as trained checkpoints.",
+        "",
+        "## Machine",
+        "",
+        f"- {fp['cpu_model']}; {fp['logical_cores']} logical / {fp['physical_cores']} physical cores; "
+        f"{fp['memory_gib']} GiB; GPUs: {', '.join(fp['gpus']) or 'none'}",
+        f"- torch threads in-process: {results.get('inprocess_threads')}; "
+        f"versions: {', '.join(f'{k} {v}' for k, v in fp['versions'].items())}",
+        f"- load average at start {fp['loadavg_at_start']}; per phase: {results.get('loadavg')}. "
+        "The machine is shared, so absolute numbers are noisy; targets are ratios from this one run, and "
+        "'ok/CPU-s' (successful requests per CPU-second the system itself used) is the noise-robust view.",
+        "",
+        "## Workload",
+        "",
+        f"{json.dumps(results['workload']['mixed'])} (texts: {results['workload']['text_source']}; "
+        "audio: synthetic voiced signal). Text-only batching scenario: "
+        f"{json.dumps(results['workload']['short_texts'])}.",
+        "",
+        "## Targets",
+        "",
+        targets_table(results["targets"]),
+        "",
+        "## Results",
+        "",
+        results_table(results),
+        "",
+        "(a) processes the workload in arrival-order chunks (latency = chunk time). (b) throughput is measured; its "
+        "latency at concurrency C comes from a FIFO queue of C closed-loop clients over the measured service times, "
+        "with no HTTP cost. (c) is closed-loop HTTP load: throughput over the steady window, latencies of requests "
+        "started in it.",
+        "",
+        "![latency vs throughput](latency_vs_throughput.png)",
+        "",
+        "## TextEncoder batching (text-only short texts, concurrency 16)",
+        "",
+        "| TextEncoder user_config | throughput (rps) | p50 ms | p99 ms | errors |",
+        "|---|---|---|---|---|",
+    ]
+    for name, run in scenario.items():
+        if isinstance(run, dict):
+            lines.append(f"| {name}: {json.dumps(run.get('user_config'))} | {_fmt(run['throughput_rps'])} | "
+                         f"{_fmt(run['p50_ms'], 0)} | {_fmt(run['p99_ms'], 0)} | {run['errors']} |")
+    lines += [
+        "",
+        "## Batch sizes formed (one replica per deployment, from GET /v1/stats)",
+        "",
+        batches_table(results),
+        "",
+        "![batch histograms](batch_histograms.png)",
+        "",
+        "## Replicas (serve.status())",
+        "",
+        replicas_summary(served),
+        "",
+        "## Peak memory per process (RSS, sampled every 0.5 s)",
+        "",
+        memory_table(served),
+        "",
+        "## Profile",
+        "",
+        profile_section(served),
+        "",
+    ]
+    path = out_dir / "report.md"
+    path.write_text("\n".join(lines))
+    return path

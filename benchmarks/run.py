@@ -1,0 +1,215 @@
+"""The benchmark: ``python -m benchmarks.run [--quick] [--bundle B] [--gpu] [--out DIR]``.
+
+Runs, on the same models and inputs, (a) the in-process batched limit, (b) the
+seed's one-request-at-a-time way, and (c) the application under ``serve run``
+driven over HTTP at several concurrencies, plus a text-only scenario with the
+TextEncoder's batching on and off. Writes results.json, report.md and plots to
+bench-results/<timestamp>/ and prints that path.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before anything imports Ray: a client connecting to a `ray start` head by address
+# only sends the token (~/.ray/auth_token) in token mode (Ray 2.60 default for heads).
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import argparse  # noqa: E402
+import datetime as dt  # noqa: E402
+import gc  # noqa: E402
+import resource  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import yaml  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Sizes of a run. quick: small models and short levels (about 5 min on 2 idle cores);
+# default: base-size models (bert-base, wav2vec2-base), about 15-20 min on 2 cores.
+MODES = {
+    "quick": dict(size="quick", requests=48, short_texts=64, batch_sizes=[1, 4, 8, 16], duration_s=20,
+                  warmup_s=4, scenario_s=15, profile_s=8, health_timeout_s=300),
+    "default": dict(size="base", requests=32, short_texts=48, batch_sizes=[1, 4, 8], duration_s=45,
+                    warmup_s=10, scenario_s=30, profile_s=10, health_timeout_s=600),
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="small models, short levels (~5 min on 2 cores)")
+    p.add_argument("--bundle", type=Path, help="benchmark this bundle instead of random-weight base-size models")
+    p.add_argument("--gpu", action="store_true", help="serve_config.gpu.yaml, GPUs in-process and in Ray")
+    p.add_argument("--out", type=Path, help="output folder (default bench-results/<timestamp>)")
+    p.add_argument("--config", type=Path, help="serve config to derive from (default serve_config[.gpu].yaml)")
+    p.add_argument("--concurrency", default="1,4,16,64", help="comma-separated client concurrencies for (c)")
+    p.add_argument("--duration", type=float, help="seconds per concurrency level")
+    p.add_argument("--set", action="append", default=[], metavar="DEPLOYMENT.KEY=VALUE",
+                   help="override the derived serve config, e.g. AudioEncoder.ray_actor_options.num_cpus=1 "
+                        "(VALUE is YAML; repeatable). For trying settings; the report records them.")
+    p.add_argument("--ray-cpus", type=int, help="CPUs the Ray head advertises (default: this machine's cores)")
+    p.add_argument("--pythonpath", help="prepended to the Ray workers' PYTHONPATH, to measure a modified copy "
+                                        "of deployments/ or model/ without touching the tree")
+    p.add_argument("--skip", default="", help="comma-separated parts to skip: inprocess, served, scenario")
+    p.add_argument("--profile", action="store_true", help="py-spy the replicas during an extra concurrency-16 level")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> Path:
+    args = parse_args(argv)
+    mode = dict(MODES["quick" if args.quick else "default"])
+    if args.duration:
+        mode["duration_s"] = args.duration
+    skip = set(filter(None, args.skip.split(",")))
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    started = dt.datetime.now()
+    out = args.out or ROOT / "bench-results" / started.strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+
+    import torch
+
+    from benchmarks import bundles, report, workload
+
+    # Thread discipline: in-process systems use every core, like a replica given all of them.
+    threads = os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    results: dict = {"started_at": started.isoformat(timespec="seconds"), "fingerprint": report.fingerprint(),
+                     "mode": ("gpu " if args.gpu else "") + ("quick" if args.quick else "default"),
+                     "inprocess_threads": threads, "overrides": args.set, "loadavg": {}}
+
+    bundle_path = args.bundle.resolve() if args.bundle else bundles.build_bundle(ROOT / "bench-results" / "_bundles",
+                                                                                  mode["size"])
+    results["bundle"] = bundles.describe(bundle_path)
+    log(f"bundle {bundle_path}")
+
+    from transformers import AutoTokenizer
+
+    from model.bundle import Bundle
+
+    bundle = Bundle.load(bundle_path)
+    tokenizer = AutoTokenizer.from_pretrained(bundle.resolve(bundle.text_encoder))
+    mixed, source = workload.build_workload(mode["requests"], tokenizer, seed=0)
+    short, _ = workload.build_workload(mode["short_texts"], tokenizer, seed=1, kinds={"text": 1.0},
+                                       token_range=(8, 24))
+    results["workload"] = {"mixed": workload.describe(mixed), "short_texts": workload.describe(short),
+                           "text_source": source}
+
+    device = "cuda" if args.gpu else "cpu"
+    if "inprocess" not in skip:
+        run_inprocess(results, bundle_path, device, mixed, short, mode, concurrencies)
+    if "served" not in skip:
+        run_served(results, args, bundle_path, mixed, short, mode, concurrencies, out, skip)
+
+    results["harness_peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    results["finished_at"] = dt.datetime.now().isoformat(timespec="seconds")
+    path = report.write_report(out, results)
+    for row in results["targets"]:
+        log(f"target {row['target']}: {row['value']} ({row['threshold']}) {'met' if row['met'] else 'NOT met'}")
+    print(out)
+    return path
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def run_inprocess(results, bundle_path, device, mixed, short, mode, concurrencies) -> None:
+    from benchmarks import inprocess
+
+    model = inprocess.InProcessModel(bundle_path, device)
+    model.warm_up(mixed)
+    results["loadavg"]["inprocess"] = round(os.getloadavg()[0], 2)
+    log("(b) seed: one request at a time")
+    seed = inprocess.run_sequential(model, mixed, concurrencies)
+    results["seed"] = seed
+    log(f"(b) {seed['throughput_rps']:.2f} rps; p50 service {seed['service']['p50_ms']} ms")
+    log(f"(a) limit: batch sizes {mode['batch_sizes']}")
+    limit = inprocess.run_batched(model, mixed, mode["batch_sizes"])
+    results["limit"] = limit
+    log(f"(a) {limit['throughput_rps']:.2f} rps at batch {limit['best_batch_size']}")
+    # References for the text-only scenario.
+    results["short_texts_inprocess"] = {
+        "seed": inprocess.run_sequential(model, short, [16]),
+        "limit": inprocess.run_batched(model, short, [1, 8, 16, 32]),
+    }
+    del model
+    gc.collect()
+
+
+def run_served(results, args, bundle_path, mixed, short, mode, concurrencies, out, skip) -> None:
+    from benchmarks import serve_load
+
+    config_path = args.config or ROOT / ("serve_config.gpu.yaml" if args.gpu else "serve_config.yaml")
+    if not config_path.is_file():
+        raise SystemExit(f"no serve config at {config_path}")
+    overrides = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        overrides[key] = yaml.safe_load(value)
+    port = serve_load.free_port()
+    config = serve_load.derive_config(config_path, bundle_path, port, overrides)
+    timeout_s = float(config["applications"][0]["args"].get("settings", {}).get("request_timeout_s", 30)) + 30
+    num_gpus = None
+    if args.gpu:
+        import torch
+
+        num_gpus = torch.cuda.device_count()
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [args.pythonpath, os.environ.get("PYTHONPATH")]))} \
+        if args.pythonpath else {}
+    served: dict = {"config_file": str(config_path), "port": port, "levels": []}
+    results["served"] = served
+    log(f"(c) starting Ray and `serve run` ({config_path.name})")
+    system = serve_load.start_system(config, out, args.ray_cpus or os.cpu_count() or 1, num_gpus,
+                                     mode["health_timeout_s"], env)
+    served["startup_s"] = round(system.startup_s, 1)
+    try:
+        # Warm-up (not recorded): first requests pay for lazy initialisation in every process.
+        system.run_level(mixed, 4, mode["warmup_s"], 0, timeout_s, "warm-up")
+        for c in concurrencies:
+            log(f"(c) concurrency {c} for {mode['duration_s']:.0f} s")
+            level = system.run_level(mixed, c, mode["duration_s"], mode["warmup_s"], timeout_s, f"c={c}")
+            served["levels"].append(level)
+            log(f"(c) c={c}: {level['throughput_rps']:.2f} rps p50 {level['p50_ms']} ms p99 {level['p99_ms']} ms "
+                f"errors {level['errors']}")
+        results["loadavg"]["served"] = round(os.getloadavg()[0], 2)
+        if "scenario" not in skip:
+            served["text_batching"] = text_batching_scenario(system, config, short, mode, timeout_s, out)
+        if args.profile:
+            log("(c) profiling at concurrency 16")
+            served["profile"] = serve_load.profile_level(system, mixed, 16, mode["profile_s"], out)
+        served["replica_timeline"] = system.poller.timeline if system.poller else []
+        served["status_poll_error"] = system.poller.error if system.poller else None
+        served["replica_pids"] = system.sampler.replica_pids()
+    finally:
+        served["memory"] = system.sampler.memory_report()
+        served.update(serve_load.stop_system(system, out))
+        log("(c) Ray stopped")
+
+
+def text_batching_scenario(system, config, short, mode, timeout_s, out) -> dict:
+    """Text-only short texts at concurrency 16: TextEncoder batching as configured, then off."""
+    from benchmarks import serve_load
+
+    configured = serve_load.deployment_option(config, "TextEncoder", "user_config", default={}) or {}
+    runs = {}
+    for name, user_config in (("configured", configured), ("batching_off", {**configured, "max_batch_size": 1})):
+        if name != "configured":
+            changed = serve_load.derive_config(system.config_path, Path(config["applications"][0]["args"]["bundle"]),
+                                               config["http_options"]["port"],
+                                               {"TextEncoder.user_config": user_config})
+            serve_load.serve_run(system.head, changed, out / "serve_config.batching_off.yaml")
+            serve_load.wait_reconfigured(system.head.address)
+        log(f"(c) text-only c=16, TextEncoder {user_config}")
+        run = system.run_level(short, 16, mode["scenario_s"], min(mode["warmup_s"], 5), timeout_s, f"text-{name}")
+        run["user_config"] = user_config
+        runs[name] = run
+        log(f"(c) text-only {name}: {run['throughput_rps']:.2f} rps p99 {run['p99_ms']} ms")
+    return runs
+
+
+if __name__ == "__main__":
+    main()

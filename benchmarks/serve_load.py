@@ -1,0 +1,611 @@
+"""System (c): the real application under ``serve run``, driven over HTTP.
+
+A private Ray head (``ray start --head --block``) is started on free ports with
+its own temp dir, so it neither collides with nor is picked up by anyone else's
+``ray.init()`` on this machine (the "current cluster" file lives in that temp
+dir). The app is deployed with ``serve run --non-blocking`` from a config derived
+from ``serve_config.yaml``. Stopping the ``--block`` process stops every Ray
+process it started; survivors are killed by pid.
+
+While load runs, a sampler walks the head's process tree for peak memory and
+CPU seconds per role, and a poller records ``serve.status()`` replica counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+import yaml
+
+from benchmarks.metrics import by_kind, summarize
+from benchmarks.workload import Request
+
+APP_NAME = "sentiment"
+DEPLOYMENTS = ("Driver", "TextEncoder", "AudioEncoder", "FusionHead")
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _port_range_free(lo: int, hi: int) -> bool:
+    for port in range(lo, hi + 1, 10):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
+def worker_port_window(size: int = 200) -> tuple[int, int]:
+    """A worker port range below Linux's ephemeral range and away from Ray's default
+    (10002-19999) that other clusters on this machine use."""
+    rng = random.Random()
+    for _ in range(50):
+        lo = rng.randrange(20_000, 32_000 - size)
+        if _port_range_free(lo, lo + size - 1):
+            return lo, lo + size - 1
+    raise RuntimeError("no free worker port window found")
+
+
+# ---- the served config ----------------------------------------------------------
+
+
+def set_path(tree: dict, dotted: str, value) -> None:
+    """``Deployment.key.sub=value`` overrides; a deployment is addressed by name."""
+    name, *keys = dotted.split(".")
+    app = tree["applications"][0]
+    target = next((d for d in app.setdefault("deployments", []) if d["name"] == name), None)
+    if target is None:
+        target = {"name": name}
+        app["deployments"].append(target)
+    for key in keys[:-1]:
+        target = target.setdefault(key, {})
+    target[keys[-1]] = value
+
+
+def derive_config(base: Path, bundle: Path, port: int, overrides: dict[str, object] | None = None) -> dict:
+    """``serve_config.yaml`` with the bundle, a loopback port and any overrides applied."""
+    config = yaml.safe_load(base.read_text())
+    config = copy.deepcopy(config)
+    config.setdefault("http_options", {}).update({"host": "127.0.0.1", "port": port})
+    app = config["applications"][0]
+    app.setdefault("args", {})["bundle"] = str(Path(bundle).resolve())
+    for dotted, value in (overrides or {}).items():
+        set_path(config, dotted, value)
+    return config
+
+
+def deployment_option(config: dict, name: str, *keys, default=None):
+    for dep in config["applications"][0].get("deployments", []):
+        if dep["name"] == name:
+            value = dep
+            for key in keys:
+                if not isinstance(value, dict) or key not in value:
+                    return default
+                value = value[key]
+            return value
+    return default
+
+
+# ---- processes ------------------------------------------------------------------
+
+
+def role_of(cmdline: list[str], name: str) -> str:
+    """What a process in the head's tree is, from its (Ray-set) process title."""
+    title = " ".join(cmdline) if cmdline else name
+    if title.startswith("ray::ServeReplica:"):
+        return title.split()[0].split(":")[-1]
+    if title.startswith("ray::ProxyActor"):
+        return "Proxy"
+    if title.startswith("ray::ServeController"):
+        return "Controller"
+    return "ray-system"
+
+
+class ProcessSampler:
+    """Peak RSS per process and CPU seconds per role, for the head's process tree."""
+
+    def __init__(self, root_pid: int, interval_s: float = 0.5):
+        self.root = psutil.Process(root_pid)
+        self.interval_s = interval_s
+        self.peak_rss: dict[int, int] = {}
+        self.roles: dict[int, str] = {}
+        self._procs: dict[int, psutil.Process] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _walk(self) -> list[psutil.Process]:
+        try:
+            procs = [self.root] + self.root.children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+        for proc in procs:
+            if proc.pid not in self._procs:
+                self._procs[proc.pid] = proc
+        return procs
+
+    def _role(self, proc: psutil.Process) -> str:
+        # Titles are set after exec; re-read until the process has one we recognise.
+        if self.roles.get(proc.pid, "ray-system") == "ray-system":
+            with contextlib.suppress(psutil.Error):
+                self.roles[proc.pid] = role_of(proc.cmdline(), proc.name())
+        return self.roles.get(proc.pid, "ray-system")
+
+    def sample(self) -> None:
+        for proc in self._walk():
+            with contextlib.suppress(psutil.Error):
+                rss = proc.memory_info().rss
+                self._role(proc)
+                self.peak_rss[proc.pid] = max(rss, self.peak_rss.get(proc.pid, 0))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.sample()
+
+    def start(self) -> "ProcessSampler":
+        self.sample()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._walk()]
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """Cumulative user+system CPU seconds per role, right now."""
+        totals: dict[str, float] = {}
+        for proc in self._walk():
+            with contextlib.suppress(psutil.Error):
+                times = proc.cpu_times()
+                role = self._role(proc)
+                totals[role] = totals.get(role, 0.0) + times.user + times.system
+        return totals
+
+    def replica_pids(self) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {}
+        for proc in self._walk():
+            role = self._role(proc)
+            if role not in ("ray-system",):
+                out.setdefault(role, []).append(proc.pid)
+        return out
+
+    def memory_report(self) -> dict:
+        per_role: dict[str, list[float]] = {}
+        for pid, peak in self.peak_rss.items():
+            per_role.setdefault(self.roles.get(pid, "ray-system"), []).append(peak / 2**20)
+        return {
+            role: {"processes": len(v), "peak_rss_mib_max": round(max(v), 1), "peak_rss_mib_sum": round(sum(v), 1)}
+            for role, v in sorted(per_role.items())
+        }
+
+
+class StatusPoller:
+    """``serve.status()`` replica counts every few seconds, through a Ray connection."""
+
+    def __init__(self, gcs_address: str, interval_s: float = 2.0):
+        self.gcs_address = gcs_address
+        self.interval_s = interval_s
+        self.timeline: list[dict] = []
+        self.error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._t0 = time.perf_counter()
+
+    def _poll(self) -> None:
+        from ray import serve
+
+        status = serve.status()
+        app = status.applications.get(APP_NAME)
+        if app is None:
+            return
+        self.timeline.append({
+            "t_s": round(time.perf_counter() - self._t0, 1),
+            "app_status": str(app.status.value if hasattr(app.status, "value") else app.status),
+            "replicas": {name: {str(getattr(k, "value", k)): v for k, v in dep.replica_states.items()}
+                         for name, dep in app.deployments.items()},
+        })
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self._poll()
+            except Exception as exc:  # a poll failure must not stop the benchmark
+                self.error = repr(exc)
+
+    def start(self) -> "StatusPoller":
+        import ray
+
+        # RAY_AUTH_MODE=token must be in this process's environment before Ray is
+        # imported (benchmarks.run sets it); see RayHead.child_env.
+        ray.init(address=self.gcs_address, log_to_driver=False, logging_level="ERROR")
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        import ray
+
+        self._stop.set()
+        self._thread.join(timeout=10)
+        ray.shutdown()
+
+    def mark(self, label: str) -> None:
+        self.timeline.append({"t_s": round(time.perf_counter() - self._t0, 1), "phase": label})
+
+
+@dataclass
+class RayHead:
+    """A private single-node Ray head on free ports, stopped by ``stop()``."""
+
+    num_cpus: int
+    num_gpus: int | None = None
+    env: dict = field(default_factory=dict)
+    log_dir: Path | None = None
+    proc: subprocess.Popen | None = field(default=None, init=False)
+
+    def start(self) -> "RayHead":
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="bench-ray-", dir="/tmp"))
+        self.port = free_port()
+        lo, hi = worker_port_window()
+        ports = {
+            "--port": self.port, "--node-manager-port": free_port(), "--object-manager-port": free_port(),
+            "--ray-client-server-port": free_port(), "--dashboard-agent-listen-port": free_port(),
+            "--dashboard-agent-grpc-port": free_port(), "--metrics-export-port": free_port(),
+            "--runtime-env-agent-port": free_port(), "--min-worker-port": lo, "--max-worker-port": hi,
+        }
+        cmd = [str(BIN / "ray"), "start", "--head", "--block", "--include-dashboard=false", "--disable-usage-stats", "--temp-dir", str(self.temp_dir),
+               "--num-cpus", str(self.num_cpus)]
+        if self.num_gpus is not None:
+            cmd += ["--num-gpus", str(self.num_gpus)]
+        for flag, value in ports.items():
+            cmd += [flag, str(value)]
+        self.log_path = (self.log_dir or self.temp_dir) / "ray-start.log"
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=self.child_env(),
+                                     start_new_session=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ray start exited with {self.proc.returncode}; see {self.log_path}")
+            if "Ray runtime started" in self.log_path.read_text(errors="replace"):
+                return self
+            time.sleep(0.5)
+        self.stop()
+        raise TimeoutError(f"Ray head did not start in 120 s; see {self.log_path}")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def check_alive(self) -> None:
+        if not self.alive():
+            raise RuntimeError(
+                f"the benchmark's Ray head died; see {self.log_path}. On a shared machine, another "
+                "user's `ray stop` kills every Ray process, this one included."
+            )
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def child_env(self) -> dict:
+        # Ray 2.60 turns token auth on for a local `ray start` head, but a client that
+        # connects by address only sends the token (~/.ray/auth_token) in "token" mode.
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+               "RAY_AUTH_MODE": "token", **self.env}
+        env.pop("RAY_ADDRESS", None)
+        return env
+
+    def stop(self) -> list[int]:
+        """Stop the head and everything under it; returns pids that had to be killed."""
+        if self.proc is None:
+            return []
+        try:
+            tree = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            tree = []
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        _, alive = psutil.wait_procs(tree, timeout=15)
+        killed = []
+        for proc in alive:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+                killed.append(proc.pid)
+        self._log.close()
+        self.proc = None
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        return killed
+
+
+def serve_run(head: RayHead, config: dict, path: Path, timeout_s: float = 180) -> float:
+    """Deploy ``config`` with ``serve run --non-blocking``; returns seconds until it was accepted."""
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    start = time.perf_counter()
+    log_path = path.with_suffix(".serve-run.log")
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([str(BIN / "serve"), "run", "--non-blocking", "--address", head.address, str(path)],
+                                env=head.child_env(), stdout=log, stderr=subprocess.STDOUT,
+                                cwd=Path(__file__).resolve().parent.parent)
+        while proc.poll() is None:
+            if time.perf_counter() - start > timeout_s or not head.alive():
+                proc.kill()
+                proc.wait()
+                break
+            time.sleep(0.5)
+    head.check_alive()
+    if proc.returncode != 0:
+        raise RuntimeError(f"serve run failed ({proc.returncode}); see {log_path}:\n"
+                           + log_path.read_text(errors="replace")[-3000:])
+    return time.perf_counter() - start
+
+
+def wait_healthy(url: str, timeout_s: float, head: RayHead | None = None) -> float:
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout_s:
+        if head is not None:
+            head.check_alive()
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
+                return time.perf_counter() - start
+        time.sleep(1.0)
+    raise TimeoutError(f"{url}/healthz not healthy after {timeout_s:.0f} s")
+
+
+def wait_reconfigured(poller_address: str, timeout_s: float = 120) -> None:
+    """After an in-place update, wait until every deployment reports HEALTHY again."""
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    time.sleep(2.0)  # let the controller pick up the new config first
+    while time.monotonic() < deadline:
+        app = serve.status().applications.get(APP_NAME)
+        if app is not None and str(getattr(app.status, "value", app.status)) == "RUNNING" and all(
+            str(getattr(d.status, "value", d.status)) == "HEALTHY" for d in app.deployments.values()
+        ):
+            return
+        time.sleep(1.0)
+    raise TimeoutError("application did not return to RUNNING/HEALTHY after reconfiguration")
+
+
+# ---- load ---------------------------------------------------------------------------
+
+
+async def closed_loop(url: str, requests: list[Request], concurrency: int, duration_s: float,
+                      timeout_s: float) -> tuple[list[tuple], float]:
+    """``concurrency`` clients, each sending its next request when the last one answers,
+    until ``duration_s`` has passed; in-flight requests then finish (drain).
+
+    Returns records (start_s, end_s, status, kind) relative to the start, and the
+    moment the last request finished.
+    """
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    records: list[tuple] = []
+    async with httpx.AsyncClient(limits=limits, timeout=timeout_s) as client:
+        t0 = time.perf_counter()
+        stop_at = t0 + duration_s
+
+        async def worker(w: int) -> None:
+            k = w
+            while time.perf_counter() < stop_at:
+                request = requests[k % len(requests)]
+                k += concurrency
+                start = time.perf_counter()
+                try:
+                    resp = await client.post(f"{url}/v1/predict", **request.http_body())
+                    status = resp.status_code
+                except httpx.TimeoutException:
+                    status = "client_timeout"
+                except httpx.HTTPError as exc:
+                    status = type(exc).__name__
+                records.append((start - t0, time.perf_counter() - t0, status, request.kind))
+
+        await asyncio.gather(*(worker(w) for w in range(concurrency)))
+        return records, time.perf_counter() - t0
+
+
+def summarize_level(records: list[tuple], duration_s: float, warmup_s: float) -> dict:
+    """Throughput over the steady window [warmup, duration]; latencies of requests
+    started in it (drained ones included); status counts over all of them."""
+    window = max(duration_s - warmup_s, 1e-9)
+    measured = [r for r in records if r[0] >= warmup_s]
+    ok = [r for r in measured if r[2] == 200]
+    done_in_window = sum(1 for r in records if r[2] == 200 and warmup_s <= r[1] <= duration_s)
+    statuses: dict[str, int] = {}
+    for r in measured:
+        statuses[str(r[2])] = statuses.get(str(r[2]), 0) + 1
+    latencies = [r[1] - r[0] for r in ok]
+    return {
+        "throughput_rps": done_in_window / window,
+        "requests": len(measured),
+        "ok": len(ok),
+        "errors": len(measured) - len(ok),
+        "status_503": statuses.get("503", 0),
+        "statuses": statuses,
+        **summarize(latencies),
+        "by_kind": by_kind(latencies, [r[3] for r in ok]),
+    }
+
+
+def stats_delta(before: dict, after: dict) -> dict:
+    """Batch-size histograms formed during one level, per deployment (one replica each)."""
+    out = {}
+    for name, snap in after.items():
+        prev = before.get(name, {})
+        same = prev.get("pid") == snap.get("pid")
+        hist = {k: v - (prev.get("histogram", {}).get(k, 0) if same else 0) for k, v in snap["histogram"].items()}
+        hist = {k: v for k, v in hist.items() if v > 0}
+        batches = sum(hist.values())
+        items = sum(int(k) * v for k, v in hist.items())
+        out[name] = {"pid": snap.get("pid"), "same_replica": same, "histogram": hist, "batches": batches,
+                     "items": items, "mean_batch_size": round(items / batches, 2) if batches else 0.0}
+    return out
+
+
+def get_stats(url: str) -> dict:
+    return httpx.get(f"{url}/v1/stats", timeout=30).json()
+
+
+@dataclass
+class ServedSystem:
+    """One running deployment of the app: a Ray head, its URL, its samplers."""
+
+    head: RayHead
+    url: str
+    config: dict
+    config_path: Path
+    sampler: ProcessSampler
+    poller: StatusPoller | None
+    startup_s: float
+
+    def run_level(self, requests: list[Request], concurrency: int, duration_s: float, warmup_s: float,
+                  timeout_s: float, label: str) -> dict:
+        self.head.check_alive()
+        if self.poller is not None:
+            self.poller.mark(label)
+        before = get_stats(self.url)
+        cpu_before = self.sampler.cpu_seconds()
+        client_cpu_before = time.process_time()
+        records, elapsed = asyncio.run(closed_loop(self.url, requests, concurrency, duration_s, timeout_s))
+        self.head.check_alive()
+        client_cpu = time.process_time() - client_cpu_before
+        cpu_after = self.sampler.cpu_seconds()
+        after = get_stats(self.url)
+        cpu = {role: round(cpu_after.get(role, 0.0) - cpu_before.get(role, 0.0), 2) for role in cpu_after}
+        total_cpu = sum(cpu.values())
+        ok_all = sum(1 for r in records if r[2] == 200)
+        level = summarize_level(records, duration_s, warmup_s)
+        level.update({
+            "concurrency": concurrency,
+            "duration_s": duration_s,
+            "elapsed_s": round(elapsed, 2),
+            "cpu_s_by_role": cpu,
+            "cpu_s": round(total_cpu, 2),
+            "client_cpu_s": round(client_cpu, 2),
+            "cores_used": round(total_cpu / elapsed, 2),
+            "ok_per_cpu_s": round(ok_all / total_cpu, 3) if total_cpu else None,
+            "loadavg_1m_after": round(os.getloadavg()[0], 2),
+            "batches": stats_delta(before, after),
+        })
+        return level
+
+
+def start_system(config: dict, workdir: Path, num_cpus: int, num_gpus: int | None, health_timeout_s: float,
+                 env: dict | None = None, poll_status: bool = True) -> ServedSystem:
+    head = RayHead(num_cpus=num_cpus, num_gpus=num_gpus, env=env or {}, log_dir=workdir).start()
+    try:
+        config_path = workdir / "serve_config.bench.yaml"
+        start = time.perf_counter()
+        serve_run(head, config, config_path)
+        url = f"http://127.0.0.1:{config['http_options']['port']}"
+        wait_healthy(url, health_timeout_s, head)
+        startup_s = time.perf_counter() - start
+        sampler = ProcessSampler(head.proc.pid).start()
+        poller = StatusPoller(head.address).start() if poll_status else None
+        return ServedSystem(head, url, config, config_path, sampler, poller, startup_s)
+    except BaseException:
+        keep_serve_logs(head, workdir)
+        head.stop()
+        raise
+
+
+def keep_serve_logs(head: RayHead, workdir: Path) -> None:
+    """Copy Serve's logs out of the temp dir (which stop() deletes), for diagnosis."""
+    logs = head.temp_dir / "session_latest" / "logs" / "serve"
+    if logs.is_dir():
+        shutil.copytree(logs, workdir / "serve-logs", dirs_exist_ok=True)
+
+
+def stop_system(system: ServedSystem, workdir: Path, keep_logs: bool = False) -> dict:
+    system.sampler.sample()
+    system.sampler.stop()
+    if system.poller is not None:
+        system.poller.stop()
+    if keep_logs:
+        keep_serve_logs(system.head, workdir)
+    killed = system.head.stop()
+    return {"killed_after_stop": killed}
+
+
+# ---- profile ------------------------------------------------------------------------
+
+
+def _frame_label(frame: str) -> str:
+    """``func (path/to/file.py:123)`` -> ``func (to/file.py)``: lines merged, paths shortened."""
+    name, _, where = frame.partition(" (")
+    where = where.rstrip(")").rsplit(":", 1)[0]
+    return f"{name} ({'/'.join(where.split('/')[-2:])})" if where else name
+
+
+def summarize_collapsed(text: str, top: int = 15) -> dict:
+    """Inclusive and self shares per frame from py-spy's ``--format raw`` (collapsed stacks)."""
+    inclusive: dict[str, int] = {}
+    leaf: dict[str, int] = {}
+    total = 0
+    for line in text.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [_frame_label(f) for f in stack.split(";") if f]
+        for label in set(frames[1:] if frames and frames[0].startswith(("process", "thread")) else frames):
+            inclusive[label] = inclusive.get(label, 0) + n
+        if frames:
+            leaf[frames[-1]] = leaf.get(frames[-1], 0) + n
+    share = lambda d: sorted(((k, v / total) for k, v in d.items()), key=lambda kv: -kv[1])[:top]  # noqa: E731
+    return {"samples": total, "top_inclusive": share(inclusive) if total else [],
+            "top_self": share(leaf) if total else []}
+
+
+def profile_level(system: ServedSystem, requests: list[Request], concurrency: int, seconds: int, out_dir: Path,
+                  rate: int = 25, timeout_s: float = 60) -> dict:
+    """Load at ``concurrency`` while py-spy samples one process of each role (non-blocking)."""
+    spy = BIN / "py-spy"
+    if not spy.exists():
+        return {"error": "py-spy is not installed"}
+    jobs = {}
+    for role, pids in system.sampler.replica_pids().items():
+        if role in ("Proxy", *DEPLOYMENTS) and pids:
+            raw = out_dir / f"pyspy-{role}.txt"
+            cmd = [str(spy), "record", "--pid", str(pids[0]), "--duration", str(seconds), "--rate", str(rate),
+                   "--format", "raw", "--output", str(raw), "--nonblocking"]
+            jobs[role] = (subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True), raw)
+    level = system.run_level(requests, concurrency, seconds + 2, 1, timeout_s, "profile")
+    processes = {}
+    for role, (proc, raw) in jobs.items():
+        try:
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            err = "py-spy did not finish"
+        processes[role] = summarize_collapsed(raw.read_text()) if raw.is_file() else {"error": err[-500:]}
+    return {"seconds": seconds, "rate": rate, "concurrency": concurrency, "processes": processes,
+            "throughput_rps_while_profiling": level["throughput_rps"]}

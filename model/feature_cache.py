@@ -1,0 +1,155 @@
+"""Encoder features for a manifest, extracted in batches and cached on disk.
+
+A cache entry is keyed by the encoder (a hash of its weights, config and
+tokenizer / feature-extractor settings) and by the data (ids and texts; audio
+paths with size, mtime and segment), so changing either re-extracts and an
+identical rerun reads the file back. Entries are safetensors files: per-item
+frame features concatenated into one fp16 tensor plus the per-item lengths.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from model.audio_encoder import AudioEncoder
+from model.manifest import Item, Manifest
+from model.text_encoder import TextEncoder
+
+Features = list[torch.Tensor | None]  # per item [T_i, D] fp16; None = modality missing
+
+
+def encoder_fingerprint(encoder: TextEncoder | AudioEncoder) -> str:
+    """A hash of what determines the encoder's output: weights, config and preprocessing."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(type(encoder.model).__name__.encode())
+    h.update(encoder.model.config.to_json_string(use_diff=False).encode())
+    if isinstance(encoder, TextEncoder):
+        backend = getattr(encoder.tokenizer, "backend_tokenizer", None)
+        h.update((backend.to_str() if backend is not None else repr(encoder.tokenizer.get_vocab())).encode())
+        h.update(f"max_length={encoder.max_length}".encode())
+    else:
+        h.update(encoder.feature_extractor.to_json_string().encode())
+    for name, tensor in sorted(encoder.model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def load_waveform(path: Path, rate: int, start: float | None = None, end: float | None = None,
+                  max_seconds: float | None = None) -> torch.Tensor:
+    """A file (or its [start, end] segment, in seconds) as mono float32 at ``rate``, at most ``max_seconds``."""
+    info = sf.info(str(path))
+    first = int(round((start or 0.0) * info.samplerate))
+    last = info.frames if end is None else min(info.frames, int(round(end * info.samplerate)))
+    if max_seconds is not None:
+        last = min(last, first + int(max_seconds * info.samplerate))
+    samples, file_rate = sf.read(str(path), start=first, stop=last, dtype="float32", always_2d=True)
+    mono = torch.from_numpy(samples.mean(axis=1))
+    if file_rate != rate:
+        mono = AF.resample(mono, orig_freq=file_rate, new_freq=rate)
+    return mono.contiguous()
+
+
+def _data_key(parts: list) -> str:
+    return hashlib.blake2b(json.dumps(parts, ensure_ascii=False).encode(), digest_size=16).hexdigest()
+
+
+def _read_entry(path: Path, n: int) -> Features | None:
+    if not path.is_file():
+        return None
+    try:
+        tensors = load_file(str(path))
+    except Exception:  # a partial or corrupt cache file: extract again
+        return None
+    lengths = tensors["lengths"].tolist()
+    if len(lengths) != n:
+        return None
+    chunks = torch.split(tensors["features"], lengths)
+    return [chunk if length > 0 else None for chunk, length in zip(chunks, lengths)]
+
+
+def _write_entry(path: Path, features: Features, dim: int, meta: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lengths = torch.tensor([0 if f is None else f.shape[0] for f in features], dtype=torch.int64)
+    present = [f for f in features if f is not None]
+    flat = torch.cat(present) if present else torch.zeros(0, dim, dtype=torch.float16)
+    tmp = path.with_suffix(".tmp")
+    save_file({"features": flat.contiguous(), "lengths": lengths}, str(tmp),
+              metadata={k: str(v) for k, v in meta.items()})
+    tmp.replace(path)  # atomic: a killed run never leaves a half-written entry under the real name
+
+
+def _batched(order: list[int], batch_size: int):
+    for i in range(0, len(order), batch_size):
+        yield order[i : i + batch_size]
+
+
+def text_features(encoder: TextEncoder, items: list[Item], cache_dir: Path | None,
+                  batch_size: int = 64, progress: bool = True, desc: str = "text features") -> Features:
+    key = _data_key([[i.id, i.text] for i in items])
+    path = cache_dir / f"text-{encoder_fingerprint(encoder)}-{key}.safetensors" if cache_dir else None
+    if path is not None and (cached := _read_entry(path, len(items))) is not None:
+        return cached
+    out: Features = [None] * len(items)
+    # Similar lengths together keeps padding (wasted compute) small.
+    order = sorted(range(len(items)), key=lambda i: len(items[i].text))
+    with tqdm(total=len(items), desc=desc, unit="text", disable=not progress) as bar:
+        for batch in _batched(order, batch_size):
+            encoded = encoder.encode([items[i].text for i in batch]).unpad()
+            for i, feat in zip(batch, encoded):
+                out[i] = feat
+            bar.update(len(batch))
+    if path is not None:
+        _write_entry(path, out, encoder.hidden_size, {"encoder": encoder.name_or_path, "items": len(items)})
+    return out
+
+
+def audio_features(encoder: AudioEncoder, manifest: Manifest, items: list[Item], cache_dir: Path | None,
+                   batch_size: int = 16, max_seconds: float | None = 20.0, progress: bool = True,
+                   desc: str = "audio features") -> Features:
+    """Items without audio get None. Clips longer than ``max_seconds`` are cut, to bound the cost."""
+    files = [manifest.audio_file(item) for item in items]
+    parts = []
+    for item, f in zip(items, files):
+        stat = f.stat() if f is not None else None
+        parts.append([item.id, str(f), stat and stat.st_size, stat and stat.st_mtime_ns, item.start, item.end])
+    key = _data_key([parts, max_seconds])
+    path = cache_dir / f"audio-{encoder_fingerprint(encoder)}-{key}.safetensors" if cache_dir else None
+    if path is not None and (cached := _read_entry(path, len(items))) is not None:
+        return cached
+    out: Features = [None] * len(items)
+    present = [i for i, f in enumerate(files) if f is not None]
+    durations = {i: _duration(items[i], files[i]) for i in present}
+    order = sorted(present, key=durations.get)
+    with tqdm(total=len(present), desc=desc, unit="clip", disable=not progress) as bar:
+        for batch in _batched(order, batch_size):
+            waves = [load_waveform(files[i], encoder.sampling_rate, items[i].start, items[i].end, max_seconds)
+                     for i in batch]
+            encoded = encoder.encode(waves).unpad()
+            for i, feat in zip(batch, encoded):
+                out[i] = feat
+            bar.update(len(batch))
+    if path is not None:
+        _write_entry(path, out, encoder.hidden_size, {"encoder": encoder.name_or_path, "items": len(items)})
+    return out
+
+
+def _duration(item: Item, path: Path) -> float:
+    info = sf.info(str(path))
+    end = info.duration if item.end is None else min(item.end, info.duration)
+    return end - (item.start or 0.0)
+
+
+def feature_stats(features: Features) -> dict:
+    lengths = [f.shape[0] for f in features if f is not None]
+    return {"items": len(features), "present": len(lengths),
+            "mean_frames": float(np.mean(lengths)) if lengths else 0.0}

@@ -1,0 +1,215 @@
+"""Batch scoring (Ray Data) gives the same answers as the real HTTP API, row for row.
+
+A generated manifest of 200 rows (text only, audio only, both, and bad rows of every kind)
+is scored by ``deployments.batch``: first through its command line on part of the manifest,
+then in-process on all of it, which must resume and skip what the first run wrote. Every
+row that could also be an HTTP request is sent to the served app (conftest ``served_app``,
+the real Serve deployment over real HTTP) and the two answers are compared: labels, scores
+and sentiment within float16 tolerance, and the same error code and status for bad rows.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+
+from deployments.batch import BatchResources, feature_arrays, read_shards, run
+
+REPO = Path(__file__).resolve().parent.parent
+PHRASES = ["what a wonderful film", "this was a waste of time", "the acting felt flat", "i loved every minute",
+           "not bad at all", "utterly boring", "a masterpiece", "the plot made no sense"]
+# Small actors: the session cluster (4 logical CPUs) also runs the served app.
+SMALL = BatchResources(gpu=False, decode_cpus=0.2, actor_cpus=0.2, max_actors=1, decode_batch=16,
+                       text_batch=32, audio_batch=8, fusion_batch=32)
+# Batch-only errors: rows no HTTP request corresponds to.
+BATCH_ONLY = {"audio_unreadable", "malformed_row", "duplicate_id", "missing_id"}
+
+
+def write_audio(path: Path, seconds: float, rate: int, freq: float, channels: int = 1, subtype="PCM_16"):
+    t = np.arange(int(seconds * rate)) / rate
+    wave = 0.3 * np.sin(2 * np.pi * freq * t)
+    data = np.stack([wave] * channels, axis=1) if channels > 1 else wave
+    sf.write(path, data.astype("float32"), rate, subtype=subtype)
+
+
+def make_manifest(folder: Path) -> tuple[Path, dict]:
+    """~200 rows; returns the manifest path and, per id, what the row is meant to test."""
+    audio = folder / "clips"
+    audio.mkdir(parents=True)
+    lines, kinds = [], {}
+    rates = [16_000, 22_050, 8_000, 44_100]
+    for i in range(186):
+        kind = ("text", "audio", "both")[i % 3]
+        row = {"id": f"clip-{i:03d}", "split": "test", "label": "positive" if i % 2 else "negative",
+               "score": round((i % 7) - 3.0, 1)}
+        if kind in ("text", "both"):
+            row["text"] = f"{PHRASES[i % len(PHRASES)]} number {i}"
+        if kind in ("audio", "both"):
+            ext = "flac" if i % 10 == 0 else "wav"
+            name = f"c{i:03d}.{ext}"
+            write_audio(audio / name, 0.4 + (i % 13) * 0.1, rates[i % 4], 120 + 9 * i, channels=1 + (i % 5 == 0))
+            row["audio_path"] = f"clips/{name}"
+        kinds[row["id"]] = kind
+        lines.append(json.dumps(row))
+
+    def bad(id_, kind, **fields):
+        kinds[id_] = kind
+        lines.append(json.dumps({"id": id_, **fields}))
+
+    (audio / "garbage.wav").write_bytes(b"RIFF\x00\x00\x00\x00not really a wav file at all" * 10)
+    write_audio(audio / "long.wav", 31.0, 8_000, 200)
+    write_audio(audio / "lowrate.wav", 0.5, 4_000, 200)
+    write_audio(audio / "three.wav", 0.5, 16_000, 200, channels=3)
+    (audio / "empty.wav").write_bytes(b"")
+    nan_wave = np.full(1600, np.nan, dtype="float32")
+    sf.write(audio / "nan.wav", nan_wave, 16_000, subtype="FLOAT")
+    bad("bad-missing-file", "audio_unreadable", text="hello", audio_path="clips/nope.wav")
+    bad("bad-garbage", "audio_undecodable", audio_path="clips/garbage.wav")
+    bad("bad-nothing", "missing_input")
+    bad("bad-blank-text", "missing_input", text="   ")
+    bad("bad-long-text", "text_too_long", text="word " * 401)
+    bad("bad-long-audio", "audio_too_long", audio_path="clips/long.wav")
+    bad("bad-low-rate", "audio_format_not_allowed", audio_path="clips/lowrate.wav")
+    bad("bad-channels", "audio_format_not_allowed", text="three channels", audio_path="clips/three.wav")
+    bad("bad-nan", "audio_non_finite", audio_path="clips/nan.wav")
+    bad("empty-audio-with-text", "text", text="only the text counts", audio_path="clips/empty.wav")
+    bad("bad-audio-dir", "audio_unreadable", audio_path="clips")
+    lines.append(json.dumps({"id": "clip-000", "text": "a second row with a used id"}))
+    kinds["clip-000#dup1"] = "duplicate_id"
+    lines.append('{"id": "broken", "text": "no closing brace"')
+    kinds["line-199"] = "malformed_row"
+    lines.append(json.dumps({"text": "a row without an id"}))
+    kinds["line-200"] = "missing_id"
+    manifest = folder / "manifest.jsonl"
+    manifest.write_text("\n".join(lines) + "\n")
+    return manifest, kinds
+
+
+def http_answer(client: httpx.Client, url: str, row: dict) -> tuple[int, dict]:
+    body = {}
+    if row.get("text") is not None:
+        body["text"] = row["text"]
+    if row.get("audio_path"):
+        body["audio"] = base64.b64encode(Path(row["audio_path"]).read_bytes()).decode()
+    response = client.post(f"{url}/v1/predict", json=body, timeout=120)
+    return response.status_code, response.json()
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory, tiny_bundle, ray_cluster):
+    import ray
+
+    folder = tmp_path_factory.mktemp("batch")
+    manifest, kinds = make_manifest(folder)
+    out = folder / "predictions.parquet"
+
+    # 1. The README's command line, on the first 60 rows, against the session's cluster.
+    env = dict(os.environ, PYTHONPATH=str(REPO), RAY_AUTH_MODE="token")
+    cli = subprocess.run(
+        [sys.executable, "-m", "deployments.batch", "score", "--manifest", str(manifest), "--bundle", str(tiny_bundle),
+         "--out", str(out), "--limit", "60", "--address", ray.get_runtime_context().gcs_address,
+         "--max-actors", "1", "--actor-cpus", "0.2", "--decode-cpus", "0.2", "--no-progress"],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    first = json.loads(cli.stdout.strip().splitlines()[-1])
+
+    # 2. In-process on the whole manifest: resumes after the first 60.
+    second = run("score", manifest, tiny_bundle, out, resources=SMALL, progress=False)
+    print(f"\nBATCH cli run: {first}\nBATCH resumed run: {second}")
+    return manifest, kinds, out, first, second
+
+
+def test_cli_then_resume(scored):
+    manifest, kinds, out, first, second = scored
+    assert first["processed_rows"] == 60 and first["skipped_rows"] == 0
+    assert second.total_rows == len(kinds) == 200
+    assert second.skipped_rows == 60 and second.processed_rows == 140
+    table = read_shards(out)
+    ids = table.column("id").to_pylist()
+    assert len(ids) == len(set(ids)) == 200
+
+
+def test_bad_rows_are_recorded_not_fatal(scored):
+    manifest, kinds, out, first, second = scored
+    rows = {r["id"]: r for r in read_shards(out).to_pylist()}
+    for id_, kind in kinds.items():
+        if kind in ("text", "audio", "both"):
+            row = rows[id_]
+            assert row["error_code"] is None, row
+            assert row["label"] in ("negative", "positive")
+            assert row["modalities"] == {"text": "text", "audio": "audio", "both": "text+audio"}[kind]
+        else:
+            assert rows[id_]["error_code"] == kind, rows[id_]
+            assert rows[id_]["label"] is None
+    assert rows["clip-001"]["true_label"] == "positive" and rows["clip-001"]["true_score"] == -2.0
+
+
+def test_same_answers_as_the_http_api(scored, served_app):
+    manifest, kinds, out, first, second = scored
+    from deployments.batch import read_manifest
+
+    batch = {r["id"]: r for r in read_shards(out).to_pylist()}
+    requests = [r for r in read_manifest(manifest) if kinds[r["id"]] not in BATCH_ONLY]
+    with httpx.Client() as client, ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda r: http_answer(client, served_app, r), requests))
+
+    compared = errors = 0
+    worst = 0.0
+    for row, (status, body) in zip(requests, answers):
+        mine = batch[row["id"]]
+        if status != 200:
+            assert mine["error_code"] == body["error"]["code"], (row["id"], mine, body)
+            assert mine["http_status"] == status
+            errors += 1
+            continue
+        assert mine["error_code"] is None, (row["id"], mine, body)
+        for label, p in body["scores"].items():
+            worst = max(worst, abs(mine["scores"][label] - p))
+            assert mine["scores"][label] == pytest.approx(p, abs=2e-3), (row["id"], mine["scores"], body["scores"])
+        assert mine["sentiment"] == pytest.approx(body["sentiment"], abs=1e-2)
+        margin = abs(np.diff(sorted(body["scores"].values()))[-1])
+        if margin > 4e-3:  # an untrained model's near-ties may flip on float16 noise
+            assert mine["label"] == body["label"], row["id"]
+        for name in ("text", "audio"):
+            branch = body["modalities"].get(name)
+            assert (mine[f"{name}_sentiment"] is None) == (branch is None)
+            if branch is not None:
+                assert mine[f"{name}_sentiment"] == pytest.approx(branch["sentiment"], abs=1e-2)
+        compared += 1
+    print(f"\nBATCH vs HTTP: {compared} predictions compared (max |dp| = {worst:.2e}), {errors} errors matched")
+    assert compared >= 180 and errors >= 8
+
+
+def test_features_mode(tmp_path, scored, tiny_bundle):
+    from transformers import AutoTokenizer
+
+    from model.bundle import Bundle
+
+    manifest, kinds, out, first, second = scored
+    stats = run("features", manifest, tiny_bundle, tmp_path / "features.parquet", resources=SMALL,
+                limit=24, progress=False)
+    assert stats.processed_rows == 24 and stats.error_rows == 0
+    bundle = Bundle.load(tiny_bundle)
+    tokenizer = AutoTokenizer.from_pretrained(bundle.resolve(bundle.text_encoder))
+    text_by_id = {json.loads(line)["id"]: json.loads(line).get("text") for line in manifest.read_text().splitlines()[:24]}
+    for row in read_shards(tmp_path / "features.parquet").to_pylist():
+        text, audio = feature_arrays(row, bundle.fusion.text_dim, bundle.fusion.audio_dim)
+        kind = kinds[row["id"]]
+        assert (text is not None) == (kind in ("text", "both"))
+        assert (audio is not None) == (kind in ("audio", "both"))
+        if text is not None:
+            assert text.shape[0] == len(tokenizer(text_by_id[row["id"]])["input_ids"])
+            assert np.isfinite(text).all()
+        if audio is not None:
+            assert audio.shape[0] > 0 and np.isfinite(audio).all()

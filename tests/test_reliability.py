@@ -1,0 +1,329 @@
+"""Faults and overload on a real local Ray: replicas killed under load, a poisoned
+model replaced by its health check, a burst far above capacity, clients that
+hang up, and bundles that cannot load.
+
+Every figure a test measures is printed (run with ``-s``) so the README's
+numbers come from these runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import shutil
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from deployments.runtime import FAULT_INJECTION_ENV
+from tests.conftest import deploy, tone
+
+pytestmark = pytest.mark.slow
+
+APP, PREFIX = "reliability", "/rel"
+CONCURRENCY = 8
+# The issue's target: requests succeed again within 30 s of a kill.
+RECOVERY_LIMIT_S = 30.0
+# Starting a replacement replica is a new Python process importing torch: ~10 s on an
+# idle 2-core machine, but 33 s was seen with other test suites loading it (load
+# average > 20). The replacement is bounded more loosely than service recovery.
+REPLACEMENT_LIMIT_S = 60.0
+
+
+def _options(num_cpus: float = 0.1, env: dict | None = None, **extra) -> dict:
+    # Two replicas of everything: a killed one is replaced while the other serves.
+    # Health checks every second so a poisoned replica is found fast. Options dicts
+    # replace the code's, so num_cpus is repeated; the small logical-CPU shares let
+    # eight replicas schedule beside the other test modules' apps.
+    actor = {"num_cpus": num_cpus} | ({"runtime_env": {"env_vars": env}} if env else {})
+    return {"num_replicas": 2, "health_check_period_s": 1, "health_check_timeout_s": 10,
+            "max_ongoing_requests": 16, "max_queued_requests": 16, "ray_actor_options": actor, **extra}
+
+
+APP_ARGS = {
+    "settings": {"ui": False, "request_timeout_s": 30, "retries": 2},
+    "deployments": {
+        # With the UI off nothing needs sticky sessions, so the ingress scales too.
+        "Driver": _options(),
+        # A wide batch window keeps requests waiting inside the replica, so a kill
+        # always catches some in flight (exercising the driver's retry) and a
+        # client that hangs up is still queued there when its cancel arrives.
+        "TextEncoder": _options(env={FAULT_INJECTION_ENV: "1"},
+                                user_config={"max_batch_size": 64, "batch_wait_timeout_s": 0.5}),
+        "AudioEncoder": _options(),
+        "FusionHead": _options(),
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def app_url(ray_cluster, tiny_bundle):
+    from ray import serve
+
+    url = deploy(ray_cluster, {"bundle": str(tiny_bundle), **APP_ARGS}, name=APP, route_prefix=PREFIX)
+    yield url
+    serve.delete(APP)
+
+
+@pytest.fixture(scope="module")
+def body() -> dict:
+    from model.audio import encode_wav
+
+    return {"text": "a calm and steady review", "audio": base64.b64encode(encode_wav(tone(0.5, 16_000), 16_000)).decode()}
+
+
+# ---- helpers -----------------------------------------------------------------
+
+
+class Load:
+    """``concurrency`` clients posting back to back from a background thread."""
+
+    def __init__(self, url: str, body: dict, concurrency: int = CONCURRENCY, timeout_s: float = 60.0):
+        self.url, self.body, self.concurrency, self.timeout_s = url, body, concurrency, timeout_s
+        self.records: list[tuple[float, float, int]] = []  # (start, end, status); 0 = no HTTP answer
+        self._stop = threading.Event()
+
+    def __enter__(self) -> "Load":
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.timeout_s + 10)
+
+    async def _client(self, client: httpx.AsyncClient) -> None:
+        while not self._stop.is_set():
+            start = time.monotonic()
+            try:
+                status = (await client.post(self.url, json=self.body)).status_code
+            except httpx.HTTPError:
+                status = 0
+            self.records.append((start, time.monotonic(), status))
+
+    async def _main(self) -> None:
+        limits = httpx.Limits(max_connections=self.concurrency)
+        async with httpx.AsyncClient(timeout=self.timeout_s, limits=limits) as client:
+            await asyncio.gather(*(self._client(client) for _ in range(self.concurrency)))
+
+    def histogram(self) -> dict[int, int]:
+        return dict(sorted(collections.Counter(status for _, _, status in self.records).items()))
+
+
+def replica_actors(deployment: str) -> list[str]:
+    import ray
+
+    prefix = f"SERVE_REPLICA::{APP}#{deployment}#"
+    return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(prefix))
+
+
+def serve_logs() -> Path:
+    import ray
+
+    return Path(ray._private.worker._global_node.get_session_dir_path()) / "logs" / "serve"
+
+
+def started(replica_id: str) -> bool:
+    """Whether the Serve controller has logged this replica as started (constructor done)."""
+    needle = f"Replica(id='{replica_id}', deployment="
+    return any(needle in line and "started successfully" in line
+               for path in serve_logs().glob("controller_*.log")
+               for line in path.read_text(errors="replace").splitlines())
+
+
+def wait_replaced(deployment: str, before: list[str], timeout_s: float = 120.0) -> float:
+    """Seconds until Serve runs as many replicas as before, one of them new and started."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        names = replica_actors(deployment)
+        new = [name.rsplit("#", 1)[-1] for name in names if name not in before]
+        if len(names) == len(before) and new and all(started(replica_id) for replica_id in new):
+            return time.monotonic() - start
+        time.sleep(0.2)
+    raise TimeoutError(f"{deployment} was not replaced within {timeout_s} s")
+
+
+def driver_log_lines(pattern: str) -> list[str]:
+    return [line for path in serve_logs().glob(f"replica_{APP}_Driver_*.log")
+            for line in path.read_text(errors="replace").splitlines() if pattern in line]
+
+
+def wait_healthz(url: str, timeout_s: float) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return time.monotonic() - start
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"healthz not 200 within {timeout_s} s")
+
+
+# ---- faults --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("deployment", ["TextEncoder", "AudioEncoder", "FusionHead", "Driver"])
+def test_killing_a_replica_under_load_fails_few_requests_and_recovers(app_url, body, deployment):
+    import ray
+
+    before = replica_actors(deployment)
+    retries_before = len(driver_log_lines("(attempt"))
+    with Load(f"{app_url}/v1/predict", body) as load:
+        time.sleep(3)
+        killed_at = time.monotonic()
+        ray.kill(ray.get_actor(before[0], namespace="serve"))
+        replaced_s = wait_replaced(deployment, before)
+        time.sleep(3)
+    total = len(load.records)
+    failed = [(start - killed_at, status) for start, _, status in load.records if status != 200]
+    # Service recovery: the last failed request ended (0 when none failed).
+    recovery_s = max((end - killed_at for _, end, status in load.records if status != 200), default=0.0)
+    retry_reasons = collections.Counter(
+        line.split(": ", 1)[-1].split(" (attempt")[0] for line in driver_log_lines("(attempt")[retries_before:])
+    print(f"\n[kill {deployment}] failed {len(failed)}/{total} ({100 * len(failed) / max(total, 1):.2f} %), "
+          f"statuses {load.histogram()}, last failure {recovery_s:.1f} s after the kill, "
+          f"replacement replica started {replaced_s:.1f} s after it, "
+          f"driver retries {dict(retry_reasons)}")
+    assert total > 0 and recovery_s <= RECOVERY_LIMIT_S and replaced_s <= REPLACEMENT_LIMIT_S
+    if deployment == "Driver":
+        # Requests inside the killed ingress replica are lost (the Serve proxy
+        # answers 500 for them: not configurable in Ray 2.60); new ones never are.
+        assert len(failed) <= CONCURRENCY, failed
+        assert all(t < 2.0 for t, _ in failed), failed
+    else:
+        assert len(failed) <= 0.01 * total, failed
+    if deployment == "TextEncoder":
+        # Its 0.5 s batch window always holds requests when the kill lands: they
+        # must have come back through the driver's retry, not by luck.
+        assert retry_reasons, "no request was retried by the driver"
+
+
+def controller_says(replica_id: str, phrase: str) -> bool:
+    needle = f"Replica(id='{replica_id}', deployment="
+    return any(needle in line and phrase in line
+               for path in serve_logs().glob("controller_*.log")
+               for line in path.read_text(errors="replace").splitlines())
+
+
+def test_poisoned_model_is_detected_and_its_replica_replaced(app_url, body):
+    from ray import serve
+
+    before = replica_actors("TextEncoder")
+    handle = serve.get_deployment_handle("TextEncoder", app_name=APP)
+    poisoned = handle.inject_fault.remote("nan_weights").result()
+    poisoned_at = time.monotonic()
+    statuses, codes = collections.Counter(), collections.Counter()
+    detected_s = replaced_s = None
+    with httpx.Client(timeout=60) as client:
+        while time.monotonic() - poisoned_at < 90 and replaced_s is None:
+            r = client.post(f"{app_url}/v1/predict", json={"text": "is this model still sane"})
+            statuses[r.status_code] += 1
+            if r.status_code != 200:
+                codes[r.json()["error"]["code"]] += 1
+            if detected_s is None and controller_says(poisoned, "failed health check"):
+                detected_s = time.monotonic() - poisoned_at
+            new = [n.rsplit("#", 1)[-1] for n in replica_actors("TextEncoder") if n not in before]
+            if detected_s is not None and new and all(started(replica_id) for replica_id in new):
+                replaced_s = time.monotonic() - poisoned_at
+            time.sleep(0.1)
+    print(f"\n[poison TextEncoder {poisoned}] statuses {dict(statuses)}, error codes {dict(codes)}, "
+          f"health check failed after {detected_s} s, replacement serving after {replaced_s} s")
+    # NaN answers are refused (503 model_unhealthy) and retried elsewhere, never served.
+    assert set(statuses) <= {200, 503} and set(codes) <= {"model_unhealthy"}
+    assert detected_s is not None and detected_s <= 15
+    assert replaced_s is not None and replaced_s <= REPLACEMENT_LIMIT_S
+    assert httpx.post(f"{app_url}/v1/predict", json=body, timeout=60).status_code == 200
+
+
+def test_fault_injection_is_refused_without_the_opt_in(app_url):
+    from ray import serve
+
+    handle = serve.get_deployment_handle("FusionHead", app_name=APP)
+    with pytest.raises(Exception, match="fault injection is disabled"):
+        handle.inject_fault.remote("nan_weights").result()
+
+
+def test_missing_bundle_fails_the_build_with_a_clear_message(tmp_path):
+    from deployments.app import build_app
+    from model.errors import BundleError
+
+    with pytest.raises(BundleError, match="no bundle.json"):
+        build_app({"bundle": str(tmp_path / "nowhere")})
+
+
+def test_corrupt_weights_fail_the_deployment_with_a_clear_message(ray_cluster, tiny_bundle, tmp_path):
+    from ray import serve
+
+    from deployments.fusion_head import FusionHeadDeployment
+
+    bundle = tmp_path / "corrupt"
+    shutil.copytree(tiny_bundle, bundle)
+    (bundle / "fusion.safetensors").write_bytes(b"\x00" * 64 + b"not safetensors")
+    start = time.monotonic()
+    try:
+        with pytest.raises(RuntimeError, match="corrupt or does not match"):
+            serve.run(FusionHeadDeployment.options(max_constructor_retry_count=1, ray_actor_options={"num_cpus": 0.1})
+                      .bind(str(bundle)), name="corrupt-bundle", route_prefix=None)
+    finally:
+        serve.delete("corrupt-bundle")
+    print(f"\n[corrupt bundle] deployment refused in {time.monotonic() - start:.1f} s")
+
+
+# ---- overload ------------------------------------------------------------------
+
+
+def test_burst_far_above_capacity_gets_fast_503s_and_health_returns(app_url):
+    """200 at once against 2 drivers x (16 running + 16 queued): the rest must be refused fast."""
+
+    async def burst() -> list[tuple[int, float, str | None]]:
+        limits = httpx.Limits(max_connections=200)
+        async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+            async def one(i: int):
+                start = time.monotonic()
+                r = await client.post(f"{app_url}/v1/predict", json={"text": f"burst request {i}"})
+                return r.status_code, time.monotonic() - start, r.headers.get("retry-after")
+            return await asyncio.gather(*(one(i) for i in range(200)))
+
+    results = asyncio.run(burst())
+    ended = time.monotonic()
+    histogram = collections.Counter(status for status, _, _ in results)
+    rejected = sorted(seconds for status, seconds, _ in results if status == 503)
+    healthz_s = wait_healthz(app_url, timeout_s=5.0)
+    print(f"\n[burst 200] statuses {dict(histogram)}, 503 latency median "
+          f"{rejected[len(rejected) // 2] if rejected else float('nan'):.2f} s max "
+          f"{rejected[-1] if rejected else float('nan'):.2f} s, "
+          f"200 latency max {max(s for st, s, _ in results if st == 200):.2f} s, healthz 200 after {healthz_s:.2f} s")
+    assert set(histogram) <= {200, 503}
+    assert histogram[200] > 0 and histogram[503] > 0
+    assert all(retry for status, _, retry in results if status == 503), "a 503 without Retry-After"
+    assert time.monotonic() - ended < 5.0
+    assert httpx.post(f"{app_url}/v1/predict", json={"text": "after the storm"}, timeout=30).status_code == 200
+
+
+def replica_log_lines(deployment: str, needle: str) -> list[str]:
+    return [line for path in serve_logs().glob(f"replica_{APP}_{deployment}_*.log")
+            for line in path.read_text(errors="replace").splitlines() if needle in line]
+
+
+def test_client_that_hangs_up_cancels_its_downstream_work(app_url):
+    # Each request waits ~0.5 s in the TextEncoder's batch window; its client gives up after 0.15 s.
+    ids = [f"hangup-{i}-{uuid.uuid4().hex[:8]}" for i in range(6)]
+    for request_id in ids:
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(f"{app_url}/v1/predict", json={"text": "nobody waits for this"},
+                       headers={"X-Request-ID": request_id}, timeout=0.15)
+    time.sleep(2.0)
+    outcome = collections.Counter()
+    for request_id in ids:
+        lines = replica_log_lines("TextEncoder", request_id)
+        outcome["encoded" if any("CALL encode OK" in line for line in lines) else
+                "cancelled" if any("CANCELLED" in line for line in lines) else "never reached"] += 1
+    print(f"\n[disconnect] 6 abandoned requests at the text encoder: {dict(outcome)}")
+    assert outcome["encoded"] <= 1 and outcome["cancelled"] >= 4
+    assert httpx.post(f"{app_url}/v1/predict", json={"text": "still here"}, timeout=30).status_code == 200

@@ -1,0 +1,143 @@
+"""End to end: a tiny generated dataset → ``python -m model.train`` → a bundle that serves.
+
+Tiny random encoders (model.factory.save_tiny_bundle), 40 items whose text and
+audio (sine tones) both give the label away, so a working pipeline must learn it.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from model.bundle import Bundle
+from model.factory import save_tiny_bundle
+from model.inference import SentimentPipeline
+from model.manifest import Item, save_manifest
+from model.train import main
+
+POSITIVE = ["a great film", "wonderful and moving", "brilliant acting", "a real delight", "superb story"]
+NEGATIVE = ["a dull film", "boring and flat", "terrible acting", "a total mess", "awful story"]
+RATE = 16_000
+
+
+def tone(freq: float, seconds: float, rng) -> np.ndarray:
+    t = np.arange(int(seconds * RATE)) / RATE
+    return (0.5 * np.sin(2 * np.pi * freq * t) + 0.01 * rng.standard_normal(len(t))).astype(np.float32)
+
+
+def make_dataset(root: Path) -> Path:
+    rng = np.random.default_rng(0)
+    items = []
+    for i in range(40):
+        label = "positive" if i % 2 else "negative"
+        wav = root / "wav" / f"{i}.wav"
+        wav.parent.mkdir(parents=True, exist_ok=True)
+        # Positive items are high tones, negative ones low: the audio branch can learn it.
+        sf.write(wav, tone(660.0 if label == "positive" else 165.0, 0.4 + 0.02 * (i % 5), rng), RATE)
+        split = "train" if i < 24 else "valid" if i < 32 else "test"
+        text = (POSITIVE if label == "positive" else NEGATIVE)[i % 5]
+        # Every fourth train item is text-only, which trains the "missing audio" path.
+        audio = None if split == "train" and i % 4 == 3 else f"wav/{i}.wav"
+        items.append(Item(f"u{i}", text, audio, split, label=label, score=1.5 if label == "positive" else -1.5))
+    return save_manifest(items, root / "manifest.jsonl")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    save_tiny_bundle(root / "base")
+    manifest = make_dataset(root / "data")
+    args = ["--manifest", str(manifest), "--bundle", str(root / "base"), "--out", str(root / "out"),
+            "--cache-dir", str(root / "cache"), "--epochs", "12", "--lr", "3e-3", "--patience", "12",
+            "--d-model", "32", "--n-heads", "2", "--finetune-audio-layers", "1", "--finetune-epochs", "1",
+            "--seed", "3", "--no-progress"]
+    assert main(args) == 0
+    return root, args
+
+
+def test_bundle_is_written_with_metrics_and_provenance(trained):
+    root, _ = trained
+    out = root / "out"
+    bundle = Bundle.load(out)
+    assert bundle.trained and bundle.labels == ["negative", "positive"]
+    assert bundle.regression_trained  # the manifest has scores
+    assert bundle.text_encoder == "text_encoder" and (out / "text_encoder" / "config.json").is_file()
+    # The audio encoder was fine-tuned: its weights in the bundle differ from the base ones.
+    assert bundle.audio_encoder == "audio_encoder"
+    from safetensors.torch import load_file
+    tuned = load_file(str(out / "audio_encoder" / "model.safetensors"))
+    base = load_file(str(root / "base" / "audio_encoder" / "model.safetensors"))
+    assert any(not torch.equal(tuned[k], base[k]) for k in base)
+    test = bundle.metrics["test"]
+    assert set(test) == {"fused", "text", "audio"}
+    assert test["fused"]["n"] == 8 and "regression" in test["fused"]
+    assert bundle.data["counts"] == {"train": 24, "valid": 8, "test": 8}
+    assert bundle.data["with_audio"]["train"] == 18
+    assert bundle.data["encoders"]["audio"]["fine_tuned_layers"] == 1
+    assert len(bundle.data["manifest_sha256"]) == 64
+
+
+def test_training_learns_the_labels(trained):
+    root, _ = trained
+    bundle = Bundle.load(root / "out")
+    # Text and tone both reveal the label; a pipeline that trains at all gets the valid/test sets right.
+    assert bundle.metrics["valid"]["fused"]["accuracy"] >= 0.875
+    assert bundle.metrics["test"]["fused"]["accuracy"] >= 0.875
+    history = json.loads((root / "out" / "report" / "report.json").read_text())["history"]["fusion"]
+    assert history["train_loss"][-1] < history["train_loss"][0]
+
+
+def test_report_files(trained):
+    root, _ = trained
+    report = root / "out" / "report"
+    for name in ("report.md", "report.json", "training_curves.png", "confusion_test.png", "confusion_valid.png"):
+        assert (report / name).is_file(), name
+    assert (report / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = (report / "report.md").read_text()
+    assert "| test | fused | 8 |" in text and "![training curves](training_curves.png)" in text
+
+
+def test_pipeline_loads_and_predicts(trained):
+    root, _ = trained
+    pipeline = SentimentPipeline(Bundle.load(root / "out"))
+    rng = np.random.default_rng(1)
+    texts = ["a great film", "awful story", None]
+    waves = [torch.from_numpy(tone(660.0, 0.5, rng)), None, torch.from_numpy(tone(165.0, 0.5, rng))]
+    results = pipeline.predict(texts, waves)
+    assert [r["label"] for r in results] == ["positive", "negative", "negative"]
+    for r in results:
+        assert sum(r["scores"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert -3.0 <= r["sentiment"] <= 3.0
+    assert set(results[0]["modalities"]) == {"fused", "text", "audio"}
+    assert set(results[1]["modalities"]) == {"fused", "text"}
+
+
+def test_feature_cache_is_reused(trained, capsys):
+    root, args = trained
+    cache = root / "cache"
+    entries = sorted(p.name for p in cache.glob("*.safetensors"))
+    assert any(n.startswith("text-") for n in entries) and any(n.startswith("audio-") for n in entries)
+    stamps = {p: p.stat().st_mtime_ns for p in cache.glob("*.safetensors")}
+    # Same data and encoders (no fine-tuning this time: the base audio encoder is a different key).
+    rerun = [a for a in args if a not in ("--finetune-audio-layers", "--finetune-epochs", "1")]
+    rerun[rerun.index("--out") + 1] = str(root / "out2")
+    rerun[rerun.index("--epochs") + 1] = "1"
+    assert main(rerun) == 0
+    after = {p: p.stat().st_mtime_ns for p in cache.glob("*.safetensors")}
+    text_entries = [p for p in stamps if p.name.startswith("text-")]
+    assert all(after[p] == stamps[p] for p in text_entries)  # text features were read back, not rewritten
+    assert len(after) == len(stamps) + 1  # one new audio entry for the un-tuned audio encoder
+
+
+def test_invalid_manifest_exits_with_status_2(tmp_path, capsys):
+    items = [Item("a", "good", "missing.wav", "train", label="positive"), Item("b", "bad", None, "valid", label="negative")]
+    manifest = save_manifest(items, tmp_path / "m.jsonl")
+    code = main(["--manifest", str(manifest), "--text-encoder", "unused", "--audio-encoder", "unused",
+                 "--out", str(tmp_path / "out"), "--no-progress"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "missing_audio: 1" in err and "--drop-invalid" in err
+    assert not (tmp_path / "out" / "bundle.json").exists()

@@ -1,0 +1,286 @@
+"""The Gradio page in a real Chromium, against the real application on local Ray.
+
+Debian's chromium (``apt-get install -y chromium``) is driven by Playwright; no
+browser build is ever downloaded. The app serves a copy of the tiny test bundle
+with an ``examples/`` folder (speech synthesized by espeak-ng), so the examples
+path the demo bundle uses is exercised too. The tiny bundle is untrained: tests
+assert that *a* label from ``bundle.labels`` is shown, not which one.
+
+Screenshots of every test land in ``test-artifacts/``. ``UPDATE_SCREENSHOT=1``
+also refreshes ``docs/screenshot.png`` (the README's picture) from the
+example-click test.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import deploy, tone
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]
+DOCS_SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "screenshot.png"
+TIMEOUT_MS = 60_000  # first requests on a cold 2-core machine are slow
+
+POSITIVE = "What a wonderful, moving film. I loved every minute of it."
+EXAMPLES = [
+    # (text, audio file or None, caption, espeak voice settings)
+    ("I absolutely loved this movie, it was wonderful.", "lively.wav", "positive words, lively voice", (190, 75)),
+    ("Oh great, another wonderful sequel.", "flat.wav", "disagree: positive words, flat voice", (120, 20)),
+    ("The plot was dull and the acting was worse.", None, "text only: negative", None),
+]
+
+
+# ---- fixtures ----------------------------------------------------------------------
+
+
+def _write_speech(path: Path, text: str, rate: int, pitch: int) -> None:
+    """Real synthesized speech when espeak-ng is available (program or wheel), else a tone."""
+    from model import speech
+    from model.audio import encode_wav
+
+    if speech.available():
+        speech.synthesize_wav(path, text, speech.Voice(rate=rate, pitch=pitch))
+    else:
+        path.write_bytes(encode_wav(tone(2.0, 16_000, 180.0 + pitch), 16_000))
+
+
+@pytest.fixture(scope="module")
+def ui_bundle(tiny_bundle, tmp_path_factory) -> Path:
+    """The tiny bundle plus examples/ in the layout model.demo writes (see deployments/ui_bundle.py)."""
+    path = tmp_path_factory.mktemp("ui") / "bundle"
+    shutil.copytree(tiny_bundle, path)
+    folder = path / "examples"
+    folder.mkdir()
+    entries = []
+    for text, audio, caption, voice in EXAMPLES:
+        entry = {"text": text, "caption": caption}
+        if audio:
+            _write_speech(folder / audio, text, *voice)
+            entry["audio"] = audio
+        entries.append(entry)
+    # Entries the page must skip without failing: a path escaping the folder, a missing file.
+    entries += [{"text": "escape", "audio": "../bundle.json"}, {"text": "gone", "audio": "missing.wav"}]
+    (folder / "examples.json").write_text(json.dumps({"examples": entries}, indent=2))
+    return path
+
+
+@pytest.fixture(scope="module")
+def ui_url(ray_cluster, ui_bundle) -> str:
+    return deploy(ray_cluster, {"bundle": str(ui_bundle)})
+
+
+@pytest.fixture(scope="module")
+def labels(ui_bundle) -> list[str]:
+    from model.bundle import Bundle
+
+    return Bundle.load(ui_bundle).labels
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's browser with `apt-get install -y chromium`")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, ui_url, artifacts_dir, request):
+    context = browser.new_context(viewport={"width": 1280, "height": 1000}, accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(ui_url + "/")
+    page.locator("#predict-button").wait_for()
+    yield page
+    page.screenshot(path=str(artifacts_dir / f"ui-{request.node.name}.png"), full_page=True)
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def speech_wav(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("wav") / "speech.wav"
+    _write_speech(path, POSITIVE, 175, 50)
+    return path
+
+
+# ---- helpers -------------------------------------------------------------------------
+
+
+def upload_audio(page, path: Path) -> None:
+    page.locator("#audio-input input[type=file]").set_input_files(str(path))
+    # The download link appears once the file is on the server; submitting
+    # earlier would send no audio.
+    page.locator('#audio-input [data-testid="download-link"]').first.wait_for()
+
+
+def shown_label(page) -> str:
+    value = page.locator('#label [data-testid="label-output-value"]')
+    value.wait_for()
+    return value.inner_text().strip()
+
+
+def wait_for_heatmap(page) -> None:
+    image = page.locator("#heatmap img")
+    image.wait_for()
+    page.wait_for_function(
+        "() => { const i = document.querySelector('#heatmap img'); return i && i.complete && i.naturalWidth > 200; }"
+    )
+
+
+def toast_text(page) -> str:
+    toast = page.locator('[data-testid="toast-text"]').first
+    toast.wait_for()
+    return toast.inner_text()
+
+
+# ---- the predict tab -------------------------------------------------------------------
+
+
+def test_typed_text_shows_a_label_score_and_text_branch(page, labels):
+    page.locator("#text-input textarea").fill(POSITIVE)
+    page.locator("#predict-button").click()
+    assert shown_label(page) in labels
+    gauge = page.locator('#gauge [data-testid="sentiment-value"]')
+    assert re.fullmatch(r"[+-]\d\.\d\d", gauge.inner_text().strip())
+    text_card = page.locator('#modalities [data-modality="text only"] [data-testid="branch-label"]')
+    assert text_card.inner_text().strip() in labels
+    # No speech: no heatmap, and the page says why instead of showing nothing.
+    assert "needs both text and speech" in page.locator("#notes").inner_text()
+    assert "UNTRAINED" in page.locator("#untrained-banner").inner_text()
+
+
+def test_wav_upload_shows_a_label_and_the_attention_heatmap(page, labels, speech_wav):
+    page.locator("#text-input textarea").fill(POSITIVE)
+    upload_audio(page, speech_wav)
+    page.locator("#predict-button").click()
+    assert shown_label(page) in labels
+    wait_for_heatmap(page)
+    for branch in ("text only", "audio only", "fused"):
+        card = page.locator(f'#modalities [data-modality="{branch}"] [data-testid="branch-label"]')
+        assert card.inner_text().strip() in labels
+
+
+def test_speech_without_text_is_predicted_from_audio_alone(page, labels, tmp_path, wav_bytes):
+    path = tmp_path / "tone-22k.wav"  # 22.05 kHz: the driver resamples it
+    path.write_bytes(wav_bytes)
+    upload_audio(page, path)
+    page.locator("#predict-button").click()
+    assert shown_label(page) in labels
+    audio_card = page.locator('#modalities [data-modality="audio only"] [data-testid="branch-label"]')
+    assert audio_card.inner_text().strip() in labels
+
+
+def test_clicking_the_disagreeing_example_fills_inputs_and_runs_it(page, labels, artifacts_dir):
+    examples = page.locator("#examples")
+    # The two bad entries in examples.json were skipped, the three good ones shown.
+    for _text, _audio, caption, _voice in EXAMPLES:
+        assert examples.get_by_text(caption).count() == 1
+    assert examples.get_by_text("escape").count() == 0
+    examples.get_by_text("disagree: positive words, flat voice").click()
+    assert shown_label(page) in labels
+    wait_for_heatmap(page)
+    assert page.locator("#text-input textarea").input_value() == EXAMPLES[1][0]
+    assert page.locator('#audio-input [data-testid="download-link"]').count() >= 1
+    page.wait_for_timeout(500)  # let the waveform finish drawing before the pictures
+    path = artifacts_dir / "ui-screenshot.png"
+    page.screenshot(path=str(path), full_page=True)
+    if os.environ.get("UPDATE_SCREENSHOT") == "1":
+        DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
+        shutil.copyfile(path, DOCS_SCREENSHOT)
+
+
+def test_undecodable_upload_shows_a_readable_error(page, tmp_path):
+    path = tmp_path / "not-audio.wav"
+    path.write_bytes(b"this is a text file with a .wav name\n" * 20)
+    page.locator("#text-input textarea").fill(POSITIVE)
+    upload_audio(page, path)
+    page.locator("#predict-button").click()
+    message = toast_text(page)
+    assert message.strip(), "the error toast is empty"
+    assert "Traceback" not in message and "Exception" not in message
+    assert re.search(r"audio|WAV|decode", message, re.IGNORECASE), message
+
+
+def test_too_long_audio_is_refused_with_the_limit_in_the_message(page, tmp_path):
+    from model.audio import encode_wav
+
+    path = tmp_path / "long.wav"
+    path.write_bytes(encode_wav(np.zeros(31 * 8_000, dtype="float32"), 8_000))  # 31 s > the 30 s limit
+    upload_audio(page, path)
+    page.locator("#predict-button").click()
+    message = toast_text(page)
+    assert "30" in message and "Traceback" not in message, message
+
+
+def test_empty_submit_explains_what_is_missing(page):
+    page.locator("#predict-button").click()
+    message = toast_text(page)
+    assert re.search(r"text|audio", message, re.IGNORECASE), message
+
+
+# ---- the batch and about tabs ----------------------------------------------------------
+
+
+def test_batch_csv_with_zip_reports_failed_rows_and_downloads_predictions(page, labels, speech_wav, tmp_path):
+    archive = tmp_path / "audio.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.write(speech_wav, "clips/speech.wav")
+        zf.writestr("clips/garbage.wav", b"not audio" * 50)
+    manifest = tmp_path / "manifest.csv"
+    with manifest.open("w", newline="") as handle:
+        csv.writer(handle).writerows([
+            ["id", "text", "audio"],
+            ["a", POSITIVE, "clips/speech.wav"],
+            ["b", "Dull and far too long.", ""],
+            ["c", "", "clips/garbage.wav"],  # in the zip, but not audio
+            ["d", "Where is my audio?", "clips/missing.wav"],
+        ])
+    page.get_by_role("tab", name="Batch").click()
+    page.locator("#batch-manifest input[type=file]").set_input_files(str(manifest))
+    page.locator("#batch-zip input[type=file]").set_input_files(str(archive))
+    page.locator('#batch-zip [data-testid="file"], #batch-zip a').first.wait_for()
+    page.locator('#batch-manifest [data-testid="file"], #batch-manifest a').first.wait_for()
+    page.locator("#batch-button").click()
+    summary = page.locator("#batch-summary")
+    summary.get_by_text("4 rows: 2 predicted, 2 failed").wait_for()
+    with page.expect_download() as download:
+        page.locator("#batch-download a").first.click()
+    rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
+    assert [r["id"] for r in rows] == ["a", "b", "c", "d"]
+    assert [r["status"] for r in rows] == ["ok", "ok", "error", "error"]
+    assert rows[0]["label"] in labels and rows[0]["audio_label"] in labels
+    assert rows[1]["label"] in labels and rows[1]["audio_label"] == ""
+    assert rows[2]["error"] and rows[2]["label"] == ""
+    assert "not in the zip" in rows[3]["error"]
+
+
+def test_about_tab_shows_the_model_card_and_api_links(page, labels):
+    page.get_by_role("tab", name="About").click()
+    card = page.locator("#model-card")
+    card.get_by_role("heading", name=re.compile("Model card")).wait_for()
+    text = card.inner_text()
+    assert "UNTRAINED" in text
+    for label in labels:
+        assert label in text
+    assert card.locator('a[href="docs"]').count() == 1
+    assert card.locator('a[href="v1/model"]').count() == 1
