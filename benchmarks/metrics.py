@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 
@@ -21,3 +23,22 @@ def by_kind(latencies_s: list[float], kinds: list[str]) -> dict:
     for kind in sorted(set(kinds)):
         out[kind] = summarize([lat for lat, k in zip(latencies_s, kinds) if k == kind])
     return out
+
+
+class MachineCPU:
+    """Busy cores of the whole machine over an interval (everyone's work, not just ours):
+    on a shared machine it says how contended a phase was."""
+
+    def __init__(self):
+        import psutil
+
+        self._psutil = psutil
+        self._start = psutil.cpu_times()
+        self._t0 = time.perf_counter()
+
+    def busy_cores(self) -> float:
+        end = self._psutil.cpu_times()
+        idle = (end.idle - self._start.idle) + (getattr(end, "iowait", 0) - getattr(self._start, "iowait", 0))
+        elapsed = time.perf_counter() - self._t0
+        cores = self._psutil.cpu_count() or 1
+        return round(max(0.0, cores - idle / elapsed), 2) if elapsed > 0 else 0.0

@@ -78,9 +78,9 @@ def evaluate(results: dict) -> list[dict]:
         rows.append({"target": "(c)/(a) throughput at saturation", "value": value,
                      "threshold": f">= {TARGETS['saturation_vs_limit']}",
                      "met": value is not None and value >= TARGETS["saturation_vs_limit"],
-                     "detail": f"(c) best {best['throughput_rps']:.2f} rps at concurrency {best['concurrency']}; "
-                               f"(a) {a['throughput_rps']:.2f} rps at batch {a['best_batch_size']}; "
-                               f"per CPU-second ratio {cpu_value}"})
+                     "detail": f"(c) best {best['throughput_rps']:.2f} rps at concurrency {best['concurrency']} "
+                               f"using {best.get('cores_used')} cores; (a) {a['throughput_rps']:.2f} rps at batch "
+                               f"{a['best_batch_size']} using {a.get('cores_used')} cores; ok/CPU-s ratio {cpu_value}"})
     level16 = _level(c, 16)
     if b and level16:
         b16 = b["by_concurrency"].get("16")
@@ -102,7 +102,15 @@ def evaluate(results: dict) -> list[dict]:
                                f"{on['batches'].get('TextEncoder', {}).get('mean_batch_size')}); "
                                f"off {off['throughput_rps']:.2f} rps"})
     level1 = _level(c, 1)
-    if b and level1 and level1["p50_ms"] is not None:
+    paired = (c or {}).get("paired_overhead")
+    if paired and paired["difference"]["p50_ms"] is not None:
+        value = paired["difference"]["p50_ms"]
+        rows.append({"target": "overhead at concurrency 1: p50 of (HTTP - in-process), paired per request",
+                     "value": value, "threshold": f"<= {TARGETS['overhead_c1_ms']} ms",
+                     "met": value <= TARGETS["overhead_c1_ms"],
+                     "detail": f"HTTP p50 {paired['http']['p50_ms']} ms, in-process p50 {paired['in_process']['p50_ms']} ms; "
+                               + "; ".join(f"{k}: {v['p50_ms']} ms" for k, v in paired["difference_by_kind"].items())})
+    elif b and level1 and level1["p50_ms"] is not None:
         value = round(level1["p50_ms"] - b["service"]["p50_ms"], 1)
         rows.append({"target": "overhead at concurrency 1: p50 (c) - in-process compute p50", "value": value,
                      "threshold": f"<= {TARGETS['overhead_c1_ms']} ms",
@@ -231,9 +239,10 @@ def batches_table(results: dict) -> str:
 
 
 def memory_table(served: dict) -> str:
-    out = ["| process | count | peak RSS MiB (max) | peak RSS MiB (sum) |", "|---|---|---|---|"]
+    out = ["| process | count | peak RSS MiB (max) | peak RSS MiB (sum) | peak GPU MiB |", "|---|---|---|---|---|"]
     for role, row in served.get("memory", {}).items():
-        out.append(f"| {role} | {row['processes']} | {row['peak_rss_mib_max']} | {row['peak_rss_mib_sum']} |")
+        out.append(f"| {role} | {row.get('processes')} | {row.get('peak_rss_mib_max')} | {row.get('peak_rss_mib_sum')} | "
+                   f"{_fmt(row.get('peak_gpu_mib_max'), 0)} |")
     return "\n".join(out)
 
 
@@ -257,11 +266,20 @@ def profile_section(served: dict) -> str:
     if not profile:
         return "No profile was taken (run with `--profile`)."
     out = [f"py-spy, {profile['seconds']} s at concurrency {profile['concurrency']} (mixed workload), "
-           f"{profile['rate']} samples/s, Python frames, idle threads excluded.\n"]
+           f"{profile['rate']} samples/s per thread, Python frames; samples blocked in C (event loops, Ray's "
+           "core-worker loop, idle pool threads) are dropped, shares are of the busy samples.\n"]
+    generic = ("threading.py", "default_worker.py", "futures/thread.py", "_private/worker.py")
     for role, summary in profile["processes"].items():
-        out.append(f"**{role}** ({summary['samples']} samples), top frames by inclusive share:\n")
-        out.append("| share | frame |\n|---|---|")
-        for frame, share in summary["top_inclusive"][:10]:
+        if "error" in summary:
+            out.append(f"**{role}**: {summary['error']}\n")
+            continue
+        out.append(f"**{role}** ({summary['samples']} busy, {summary.get('waiting_samples', 0)} waiting samples):\n")
+        out.append("| inclusive | frame |\n|---|---|")
+        frames = [(f, v) for f, v in summary["top_inclusive"] if not any(g in f for g in generic)]
+        for frame, share in frames[:8]:
+            out.append(f"| {share:.0%} | `{frame}` |")
+        out.append("\n| self | frame |\n|---|---|")
+        for frame, share in summary["top_self"][:5]:
             out.append(f"| {share:.0%} | `{frame}` |")
         out.append("")
     return "\n".join(out)
@@ -321,6 +339,19 @@ def write_report(out_dir: Path, results: dict) -> Path:
         if isinstance(run, dict):
             lines.append(f"| {name}: {json.dumps(run.get('user_config'))} | {_fmt(run['throughput_rps'])} | "
                          f"{_fmt(run['p50_ms'], 0)} | {_fmt(run['p99_ms'], 0)} | {run['errors']} |")
+    paired = served.get("paired_overhead")
+    if paired:
+        lines += [
+            "",
+            "## Overhead at concurrency 1 (each request over HTTP, then the same request in-process)",
+            "",
+            "| | p50 ms | p95 ms | p99 ms |",
+            "|---|---|---|---|",
+        ]
+        for name, row in (("HTTP (c)", paired["http"]), ("in-process (b)", paired["in_process"]),
+                          ("difference, per request", paired["difference"]),
+                          *((f"difference, {k} only", v) for k, v in paired["difference_by_kind"].items())):
+            lines.append(f"| {name} | {_fmt(row['p50_ms'], 1)} | {_fmt(row['p95_ms'], 1)} | {_fmt(row['p99_ms'], 1)} |")
     lines += [
         "",
         "## Batch sizes formed (one replica per deployment, from GET /v1/stats)",

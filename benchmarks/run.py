@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Sizes of a run. quick: small models and short levels (about 5 min on 2 idle cores);
 # default: base-size models (bert-base, wav2vec2-base), about 15-20 min on 2 cores.
 MODES = {
-    "quick": dict(size="quick", requests=48, short_texts=64, batch_sizes=[1, 4, 8, 16], duration_s=20,
+    "quick": dict(size="quick", requests=48, short_texts=64, batch_sizes=[4, 8, 16], duration_s=20,
                   warmup_s=4, scenario_s=15, profile_s=8, health_timeout_s=300),
     "default": dict(size="base", requests=32, short_texts=48, batch_sizes=[1, 4, 8], duration_s=45,
                     warmup_s=10, scenario_s=30, profile_s=10, health_timeout_s=600),
@@ -62,6 +62,8 @@ def parse_args(argv=None):
 def main(argv=None) -> Path:
     args = parse_args(argv)
     mode = dict(MODES["quick" if args.quick else "default"])
+    if args.gpu:
+        mode["size"] = "base"
     if args.duration:
         mode["duration_s"] = args.duration
     skip = set(filter(None, args.skip.split(",")))
@@ -99,10 +101,14 @@ def main(argv=None) -> Path:
                            "text_source": source}
 
     device = "cuda" if args.gpu else "cpu"
+    model = None
     if "inprocess" not in skip:
-        run_inprocess(results, bundle_path, device, mixed, short, mode, concurrencies)
+        from benchmarks.inprocess import InProcessModel
+
+        model = InProcessModel(bundle_path, device)
+        run_inprocess(results, model, mixed, short, mode, concurrencies)
     if "served" not in skip:
-        run_served(results, args, bundle_path, mixed, short, mode, concurrencies, out, skip)
+        run_served(results, args, bundle_path, mixed, short, mode, concurrencies, out, skip, model)
 
     results["harness_peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     results["finished_at"] = dt.datetime.now().isoformat(timespec="seconds")
@@ -117,30 +123,33 @@ def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def run_inprocess(results, bundle_path, device, mixed, short, mode, concurrencies) -> None:
+def run_inprocess(results, model, mixed, short, mode, concurrencies) -> None:
     from benchmarks import inprocess
+    from benchmarks.metrics import MachineCPU
 
-    model = inprocess.InProcessModel(bundle_path, device)
     model.warm_up(mixed)
     results["loadavg"]["inprocess"] = round(os.getloadavg()[0], 2)
     log("(b) seed: one request at a time")
+    machine = MachineCPU()
     seed = inprocess.run_sequential(model, mixed, concurrencies)
+    seed["machine_busy_cores"] = machine.busy_cores()
     results["seed"] = seed
     log(f"(b) {seed['throughput_rps']:.2f} rps; p50 service {seed['service']['p50_ms']} ms")
     log(f"(a) limit: batch sizes {mode['batch_sizes']}")
+    machine = MachineCPU()
     limit = inprocess.run_batched(model, mixed, mode["batch_sizes"])
+    limit["machine_busy_cores"] = machine.busy_cores()
     results["limit"] = limit
     log(f"(a) {limit['throughput_rps']:.2f} rps at batch {limit['best_batch_size']}")
     # References for the text-only scenario.
     results["short_texts_inprocess"] = {
         "seed": inprocess.run_sequential(model, short, [16]),
-        "limit": inprocess.run_batched(model, short, [1, 8, 16, 32]),
+        "limit": inprocess.run_batched(model, short, [8, 32]),
     }
-    del model
     gc.collect()
 
 
-def run_served(results, args, bundle_path, mixed, short, mode, concurrencies, out, skip) -> None:
+def run_served(results, args, bundle_path, mixed, short, mode, concurrencies, out, skip, model) -> None:
     from benchmarks import serve_load
 
     config_path = args.config or ROOT / ("serve_config.gpu.yaml" if args.gpu else "serve_config.yaml")
@@ -176,6 +185,10 @@ def run_served(results, args, bundle_path, mixed, short, mode, concurrencies, ou
             log(f"(c) c={c}: {level['throughput_rps']:.2f} rps p50 {level['p50_ms']} ms p99 {level['p99_ms']} ms "
                 f"errors {level['errors']}")
         results["loadavg"]["served"] = round(os.getloadavg()[0], 2)
+        if model is not None:
+            log("(c) overhead at concurrency 1: each request over HTTP, then in-process")
+            served["paired_overhead"] = serve_load.paired_overhead(system.url, mixed, model.predict_one, timeout_s)
+            log(f"(c) paired overhead p50 {served['paired_overhead']['difference']['p50_ms']} ms")
         if "scenario" not in skip:
             served["text_batching"] = text_batching_scenario(system, config, short, mode, timeout_s, out)
         if args.profile:

@@ -33,7 +33,7 @@ import httpx
 import psutil
 import yaml
 
-from benchmarks.metrics import by_kind, summarize
+from benchmarks.metrics import MachineCPU, by_kind, summarize
 from benchmarks.workload import Request
 
 APP_NAME = "sentiment"
@@ -130,6 +130,9 @@ class ProcessSampler:
         self.root = psutil.Process(root_pid)
         self.interval_s = interval_s
         self.peak_rss: dict[int, int] = {}
+        self.peak_gpu_mib: dict[int, float] = {}
+        self.nvidia_smi = shutil.which("nvidia-smi")
+        self._samples = 0
         self.roles: dict[int, str] = {}
         self._procs: dict[int, psutil.Process] = {}
         self._stop = threading.Event()
@@ -158,6 +161,21 @@ class ProcessSampler:
                 rss = proc.memory_info().rss
                 self._role(proc)
                 self.peak_rss[proc.pid] = max(rss, self.peak_rss.get(proc.pid, 0))
+        self._samples += 1
+        if self.nvidia_smi and self._samples % 4 == 1:  # nvidia-smi costs CPU: every 2 s is enough
+            self._sample_gpu()
+
+    def _sample_gpu(self) -> None:
+        try:
+            out = subprocess.run([self.nvidia_smi, "--query-compute-apps=pid,used_memory",
+                                  "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=10).stdout
+        except (OSError, subprocess.SubprocessError):
+            return
+        for line in out.splitlines():
+            pid, _, mib = line.partition(",")
+            if pid.strip().isdigit() and int(pid) in self._procs:
+                with contextlib.suppress(ValueError):
+                    self.peak_gpu_mib[int(pid)] = max(float(mib), self.peak_gpu_mib.get(int(pid), 0.0))
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -197,10 +215,14 @@ class ProcessSampler:
         per_role: dict[str, list[float]] = {}
         for pid, peak in self.peak_rss.items():
             per_role.setdefault(self.roles.get(pid, "ray-system"), []).append(peak / 2**20)
-        return {
+        report = {
             role: {"processes": len(v), "peak_rss_mib_max": round(max(v), 1), "peak_rss_mib_sum": round(sum(v), 1)}
             for role, v in sorted(per_role.items())
         }
+        for pid, mib in self.peak_gpu_mib.items():
+            row = report.setdefault(self.roles.get(pid, "ray-system"), {})
+            row["peak_gpu_mib_max"] = max(mib, row.get("peak_gpu_mib_max", 0.0))
+        return report
 
 
 class StatusPoller:
@@ -493,6 +515,7 @@ class ServedSystem:
         before = get_stats(self.url)
         cpu_before = self.sampler.cpu_seconds()
         client_cpu_before = time.process_time()
+        machine = MachineCPU()
         records, elapsed = asyncio.run(closed_loop(self.url, requests, concurrency, duration_s, timeout_s))
         self.head.check_alive()
         client_cpu = time.process_time() - client_cpu_before
@@ -510,6 +533,7 @@ class ServedSystem:
             "cpu_s": round(total_cpu, 2),
             "client_cpu_s": round(client_cpu, 2),
             "cores_used": round(total_cpu / elapsed, 2),
+            "machine_busy_cores": machine.busy_cores(),
             "ok_per_cpu_s": round(ok_all / total_cpu, 3) if total_cpu else None,
             "loadavg_1m_after": round(os.getloadavg()[0], 2),
             "batches": stats_delta(before, after),
@@ -564,24 +588,34 @@ def _frame_label(frame: str) -> str:
     return f"{name} ({'/'.join(where.split('/')[-2:])})" if where else name
 
 
+# Leaf frames where a thread is blocked in C (event-loop select, Ray's core-worker loop,
+# an idle pool thread): py-spy's idle heuristic does not catch these, so they are dropped.
+WAIT_LEAVES = ("Worker.main_loop", "Thread.run", "_run_user_code_event_loop", "_run_router_event_loop",
+               "_worker (futures/thread.py)", "Condition.wait", "Event.wait", "select (selectors.py)",
+               "BaseEventLoop._run_once", "Thread._wait_for_tstate_lock")
+
+
 def summarize_collapsed(text: str, top: int = 15) -> dict:
-    """Inclusive and self shares per frame from py-spy's ``--format raw`` (collapsed stacks)."""
+    """Inclusive and self shares per frame among busy samples, from py-spy's ``--format raw``."""
     inclusive: dict[str, int] = {}
     leaf: dict[str, int] = {}
-    total = 0
+    total = waiting = 0
     for line in text.splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
         n = int(count)
-        total += n
         frames = [_frame_label(f) for f in stack.split(";") if f]
+        if frames and frames[-1].startswith(WAIT_LEAVES):
+            waiting += n
+            continue
+        total += n
         for label in set(frames[1:] if frames and frames[0].startswith(("process", "thread")) else frames):
             inclusive[label] = inclusive.get(label, 0) + n
         if frames:
             leaf[frames[-1]] = leaf.get(frames[-1], 0) + n
     share = lambda d: sorted(((k, v / total) for k, v in d.items()), key=lambda kv: -kv[1])[:top]  # noqa: E731
-    return {"samples": total, "top_inclusive": share(inclusive) if total else [],
+    return {"samples": total, "waiting_samples": waiting, "top_inclusive": share(inclusive) if total else [],
             "top_self": share(leaf) if total else []}
 
 
@@ -609,3 +643,34 @@ def profile_level(system: ServedSystem, requests: list[Request], concurrency: in
         processes[role] = summarize_collapsed(raw.read_text()) if raw.is_file() else {"error": err[-500:]}
     return {"seconds": seconds, "rate": rate, "concurrency": concurrency, "processes": processes,
             "throughput_rps_while_profiling": level["throughput_rps"]}
+
+
+# ---- overhead at concurrency 1, paired ----------------------------------------------
+
+
+def paired_overhead(url: str, requests: list[Request], local_predict, timeout_s: float) -> dict:
+    """Each request once over HTTP, then at once in-process: paired under the same load.
+
+    On a shared machine the CPU this process gets swings from minute to minute, so
+    p50(HTTP) - p50(in-process) from separate phases measures the neighbours; the
+    median of per-request differences measures the serving path.
+    """
+    http, local, kinds, diffs = [], [], [], []
+    with httpx.Client(timeout=timeout_s) as client:
+        for request in requests:
+            start = time.perf_counter()
+            resp = client.post(f"{url}/v1/predict", **request.http_body())
+            t_http = time.perf_counter() - start
+            if resp.status_code != 200:
+                continue
+            start = time.perf_counter()
+            local_predict(request)
+            t_local = time.perf_counter() - start
+            http.append(t_http)
+            local.append(t_local)
+            kinds.append(request.kind)
+            diffs.append(t_http - t_local)
+    return {
+        "http": summarize(http), "in_process": summarize(local), "difference": summarize(diffs),
+        "difference_by_kind": by_kind(diffs, kinds),
+    }

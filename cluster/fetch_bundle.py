@@ -35,7 +35,7 @@ def fetch_bundle(source: str, dest: str | Path, overwrite: bool = False) -> Bund
         raise FileNotFoundError(f"{source} is not a folder")
     staging = dest.with_name(f".{dest.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
-    staging.parent.mkdir(parents=True, exist_ok=True)
+    staging.mkdir(parents=True)
     fs.copy_files(path, str(staging), source_filesystem=filesystem,
                   destination_filesystem=fs.LocalFileSystem())
     try:

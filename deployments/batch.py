@@ -464,7 +464,8 @@ def run(mode: str, manifest: str | Path, bundle: str | Path, out: str | Path,
 
     rows = read_manifest(manifest)[:limit] if limit else read_manifest(manifest)
     schema = score_schema(model.labels) if mode == "score" else features_schema()
-    identity = {"mode": mode, "bundle": model.name, "bundle_version": model.version}
+    # Stored in every shard; a resumed run must match it, so one output never mixes models.
+    identity = {"mode": mode, "bundle": model.name, "bundle_version": model.version, "trained": model.trained}
     writer = ShardWriter(out, schema, identity)
     done = writer.done_ids(identity)
     todo = [row for row in rows if row["id"] not in done]
@@ -485,8 +486,12 @@ def run(mode: str, manifest: str | Path, bundle: str | Path, out: str | Path,
                         num_cpus=resources.actor_cpus, num_gpus=gpus if gpu else 0, **extra)
 
         ds = ray.data.from_items(todo, override_num_blocks=max(1, min(len(todo) // resources.decode_batch, 200)))
+        # SPREAD puts decoding on every node's CPUs, and, because its arguments differ from
+        # the actors', keeps Ray Data from fusing it into the TextStage actors (which would
+        # hold a GPU while reading files).
         ds = ds.map_batches(decode_stage, fn_kwargs={"sampling_rate": sampling_rate, "limits": limits.model_dump()},
-                            batch_size=resources.decode_batch, batch_format="pyarrow", num_cpus=resources.decode_cpus)
+                            batch_size=resources.decode_batch, batch_format="pyarrow", num_cpus=resources.decode_cpus,
+                            scheduling_strategy="SPREAD")
         ds = ds.map_batches(**pool(TextStage, resources.text_gpus, resources.text_batch))
         ds = ds.map_batches(**pool(AudioStage, resources.audio_gpus, resources.audio_batch))
         if mode == "score":

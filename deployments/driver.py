@@ -13,6 +13,7 @@ from typing import Optional
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.datastructures import MutableHeaders
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.exceptions import RayActorError
@@ -91,8 +92,8 @@ def check_output(result: dict) -> None:
 
 # NOTE: @serve.ingress pickles this app, and with it the Driver class, when the
 # class is decorated: a global the class uses must be defined ABOVE the class, or
-# the replica raises NameError. (The same pickling is why the middleware reads
-# request.app.state rather than the module's ``app``.)
+# the replica raises NameError. (The same pickling is why EdgeMiddleware reads
+# scope["app"].state rather than the module's ``app``.)
 app = FastAPI(
     title="Multimodal sentiment",
     description="Text + audio sentiment: BERT-family and Wav2Vec2-family encoders fused by cross-modal attention.",
@@ -115,6 +116,12 @@ def _request_id(request: Request) -> str:
     return candidate if _SAFE_REQUEST_ID.fullmatch(candidate or "") else uuid.uuid4().hex
 
 
+def _route_path(scope) -> str:
+    """The path inside this app: without Serve's route prefix (scope["root_path"])."""
+    path, root = scope["path"], scope.get("root_path", "")
+    return path[len(root):] or "/" if root and path.startswith(root) else path
+
+
 def _authorized(request: Request, expected: str) -> bool:
     """``Authorization: Bearer <key>`` (API clients) or HTTP Basic with the key as
     password (browsers: the native login prompt, then sent on every UI request)."""
@@ -129,35 +136,54 @@ def _authorized(request: Request, expected: str) -> bool:
     return hmac.compare_digest(value.encode(), expected.encode())
 
 
-@app.middleware("http")
-async def edge(request: Request, call_next):
+class EdgeMiddleware:
     """What every request passes, API and Gradio alike: an id, a body cap, the key.
 
-    Errors raised here never reach the app's exception handlers, so they are
-    rendered by the same ``api.error_response`` those handlers use.
+    Plain ASGI rather than ``@app.middleware``: Starlette's BaseHTTPMiddleware
+    raises "No response returned" whenever a client hangs up, which would log an
+    error for every abandoned request. Its refusals are rendered by the same
+    ``api.error_response`` the exception handlers use.
     """
-    request.state.request_id = request_id = _request_id(request)
-    # request.app, not the module's ``app``: Serve serves a pickled copy of the app,
-    # and this function's globals may belong to another copy. Here (outside the
-    # Gradio mount) request.app is the served app whose state __init__ filled.
-    state = request.app.state
-    settings: DriverSettings = state.settings
-    try:
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > settings.limits.max_body_bytes:
-            raise api.PayloadTooLarge(
-                f"request body is {declared} bytes; the limit is {settings.limits.max_body_bytes}")
-        expected = state.api_key
-        if expected and request.url.path not in OPEN_PATHS and not _authorized(request, expected):
-            browser = not request.url.path.startswith("/v1/")
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        request = Request(scope)
+        request.state.request_id = request_id = _request_id(request)
+        # scope["app"] (not the module's ``app``): Serve serves a pickled copy of the
+        # app, and this class's globals may belong to another copy. Outside the
+        # Gradio mount, scope["app"] is the served app whose state __init__ filled.
+        state = scope["app"].state
+        refusal = self._refusal(request, state.settings, state.api_key)
+        if refusal is not None:
+            return await api.error_response(refusal, request_id)(scope, receive, send)
+
+        async def send_with_id(message):
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)["X-Request-ID"] = request_id
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+    @staticmethod
+    def _refusal(request: Request, settings: "DriverSettings", expected: str) -> Optional[api.ServiceError]:
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > settings.limits.max_body_bytes:
+            return api.PayloadTooLarge(f"request body is {declared} bytes; the limit is {settings.limits.max_body_bytes}")
+        path = _route_path(request.scope)
+        if expected and path not in OPEN_PATHS and not _authorized(request, expected):
+            # Browsers get a Basic challenge (their native login prompt); API clients a Bearer one.
+            browser = not path.startswith("/v1/")
             challenge = 'Basic realm="sentiment", charset="UTF-8"' if browser else "Bearer"
-            raise api.Unauthorized("missing or wrong API key; send 'Authorization: Bearer <key>'",
-                                   headers={"WWW-Authenticate": challenge})
-    except api.ServiceError as exc:
-        return api.error_response(exc, request_id)
-    response = await call_next(request)
-    response.headers["X-Request-ID"] = request_id
-    return response
+            return api.Unauthorized("missing or wrong API key; send 'Authorization: Bearer <key>'",
+                                    headers={"WWW-Authenticate": challenge})
+        return None
+
+
+app.add_middleware(EdgeMiddleware)
 
 
 @serve.deployment(
@@ -183,8 +209,8 @@ class Driver:
         self.settings = DriverSettings(**(settings or {}))
         self.bundle = Bundle.load(bundle_path)
         audio_path = self.bundle.resolve(self.bundle.audio_encoder)
-        self.sampling_rate = int(AutoFeatureExtractor.from_pretrained(audio_path).sampling_rate)
-        audio_config = AutoConfig.from_pretrained(audio_path)
+        self.sampling_rate = int(AutoFeatureExtractor.from_pretrained(audio_path, trust_remote_code=False).sampling_rate)
+        audio_config = AutoConfig.from_pretrained(audio_path, trust_remote_code=False)
         self.frame_seconds = math.prod(audio_config.conv_stride) / self.sampling_rate
         limits = self.settings.limits
         # Never below the encoder's receptive field: a shorter clip cannot be encoded.

@@ -107,6 +107,8 @@ def build_ui(driver) -> gr.Blocks:
             )
         except BatchError as exc:
             raise gr.Error(exc.message, title="Unusable upload", print_exception=False) from None
+        except Exception as exc:  # rows never raise (they are reported); this is the job itself
+            raise ui_error(exc, "batch") from None
         finally:
             if archive is not None:
                 archive.close()
@@ -114,7 +116,8 @@ def build_ui(driver) -> gr.Blocks:
         failed = [r for r in results if r["status"] != "ok"]
         summary = [f"**{len(results)} rows: {len(results) - len(failed)} predicted, {len(failed)} failed.** "
                    "Failed rows are in the CSV with `status=error` and the reason."]
-        summary += [f"- row {r['row']} (id `{r['id']}`): {r['error']}" for r in failed[:10]]
+        summary += [f"- row {r['row']} (id `{r['id'].replace('`', '')}`): {r['error_code']}: {r['error']}"
+                    for r in failed[:10]]
         if len(failed) > 10:
             summary.append(f"- … and {len(failed) - 10} more")
         preview_columns = columns(labels)
@@ -158,8 +161,12 @@ def build_ui(driver) -> gr.Blocks:
                             elem_id="limits",
                         )
                         with gr.Row():
-                            gr.ClearButton([text, audio, *outputs], value="Clear")
+                            gr.ClearButton([text, audio, *outputs], value="Clear", elem_id="clear-button")
                             button = gr.Button("Predict", variant="primary", elem_id="predict-button")
+                        # Registered before the examples' own event, which would otherwise
+                        # take the name "predict" and push this one to "predict_1".
+                        button.click(predict, inputs=[text, audio], outputs=outputs, api_name="predict",
+                                     concurrency_limit=PREDICT_CONCURRENCY)
                         gr.Examples(
                             examples=[[e.text, e.audio] for e in examples],
                             example_labels=[e.caption for e in examples],
@@ -175,15 +182,12 @@ def build_ui(driver) -> gr.Blocks:
                         modalities.render()
                         heatmap.render()
                         notes.render()
-                button.click(predict, inputs=[text, audio], outputs=outputs, api_name="predict",
-                             concurrency_limit=PREDICT_CONCURRENCY)
-
             with gr.Tab("Batch", id="batch"):
                 gr.Markdown(
                     "Upload a **manifest** and, if rows have speech, a **zip** of the audio files; "
                     "download the predictions as CSV. Rows run through the same service as the API.\n\n"
                     "- CSV with a header, or JSONL (one object per line), with a `text` and/or an "
-                    "`audio` column (a file name inside the zip), and an optional `id`.\n"
+                    "`audio` column (a file name inside the zip; `audio_path` also works), and an optional `id`.\n"
                     f"- At most {batch_limits.max_rows} rows and {_mb(batch_limits.max_manifest_bytes)} of manifest; "
                     f"zip up to {_mb(batch_limits.max_zip_bytes)}, {batch_limits.max_zip_members} files and "
                     f"{_mb(batch_limits.max_unzipped_bytes)} unpacked; each audio file within the limits above.\n"

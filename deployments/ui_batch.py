@@ -3,7 +3,9 @@ one CSV of predictions out. Every row goes through ``driver.predict``, the same 
 as the API, so batch results equal single requests.
 
 Manifest columns (CSV header or JSONL keys): ``text`` and/or ``audio`` (a file name
-inside the zip), optional ``id``. Other columns are ignored.
+inside the zip; ``audio_path``, the offline batch tool's name, is accepted too),
+optional ``id``. Other columns are ignored. The output's ``error_code``/``error``
+columns match ``deployments.batch`` (the Ray Data tool) and the HTTP API's codes.
 
 The zip is untrusted input. It is never extracted to disk, so a member named
 ``../../etc/x`` (zip slip) has nowhere to land: members are looked up by name and
@@ -100,7 +102,7 @@ def read_manifest(path: str | Path, limits: BatchLimits) -> list[Row]:
     else:
         reader = csv.DictReader(io.StringIO(content))
         fields = {name.strip().lower() for name in reader.fieldnames or []}
-        if not fields & {"text", "audio"}:
+        if not fields & {"text", "audio", "audio_path"}:
             raise BatchError("the CSV header needs a 'text' and/or an 'audio' column")
         records = [{(k or "").strip().lower(): v for k, v in record.items()} for record in reader]
     if not records:
@@ -108,7 +110,8 @@ def read_manifest(path: str | Path, limits: BatchLimits) -> list[Row]:
     if len(records) > limits.max_rows:
         raise BatchError(f"the manifest has {len(records)} rows; the limit is {limits.max_rows}")
     return [
-        Row(index=i, id=_text(r.get("id")) or str(i), text=_text(r.get("text")), audio=_text(r.get("audio")))
+        Row(index=i, id=_text(r.get("id")) or str(i), text=_text(r.get("text")),
+            audio=_text(r.get("audio")) or _text(r.get("audio_path")))
         for i, r in enumerate(records, 1)
     ]
 
@@ -179,8 +182,8 @@ async def _predict_row(row: Row, archive: AudioArchive | None, predict: Predict,
         status, code, message, _ = status_for(exc)
         if status >= 500 and not isinstance(exc, ServiceError):
             logger.exception("batch %s row %d failed", batch_id, row.index)
-        return out | {"status": "error", "error": f"{code}: {message}"}
-    out |= {"status": "ok", "error": "", "label": result["label"], "sentiment": round(result["sentiment"], 4)}
+        return out | {"status": "error", "error_code": code, "error": message}
+    out |= {"status": "ok", "error_code": "", "error": "", "label": result["label"], "sentiment": round(result["sentiment"], 4)}
     out |= {f"score_{label}": round(p, 4) for label, p in result["scores"].items()}
     for branch in ("text", "audio"):
         if branch in result["modalities"]:
@@ -208,7 +211,7 @@ async def run_batch(rows: list[Row], archive: AudioArchive | None, predict: Pred
 
 
 def columns(labels: list[str]) -> list[str]:
-    return (["row", "id", "text", "audio", "status", "error", "label", "sentiment"]
+    return (["row", "id", "text", "audio", "status", "error_code", "error", "label", "sentiment"]
             + [f"score_{label}" for label in labels]
             + ["text_label", "text_sentiment", "audio_label", "audio_sentiment"])
 

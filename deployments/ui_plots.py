@@ -37,7 +37,8 @@ def attention_image(attention: dict) -> np.ndarray:
                       extent=(0.0, seconds, n_tokens - 0.5, -0.5))
     step = max(1, -(-n_tokens // MAX_LABELLED_TOKENS))
     rows = list(range(0, n_tokens, step))
-    ax.set_yticks(rows, [tokens[i] for i in rows], fontsize=8)
+    # "$" would switch matplotlib into mathtext for user-typed tokens; keep them literal.
+    ax.set_yticks(rows, [tokens[i].replace("$", r"\$") for i in rows], fontsize=8)
     ax.set_xlabel("audio time (s)")
     ax.set_ylabel("text token")
     fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02, label="attention weight")

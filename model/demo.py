@@ -245,7 +245,7 @@ def build(config: DemoConfig) -> Bundle:
                     "test_text_only": f"{data['manifests']['text_only']}:test"},
         cache_dir=config.work / "feature-cache", seed=config.seed,
         epochs=config.epochs, batch_size=64, lr=5e-4, patience=3,
-        text_max_length=64, max_audio_seconds=6.0, audio_batch_size=32,
+        max_audio_seconds=6.0, audio_batch_size=32,
         finetune_audio_layers=-1, finetune_epochs=config.audio_epochs, finetune_lr=1e-3,
         finetune_batch_size=32, finetune_patience=3, finetune_crop_seconds=1.5,
         name="demo-rt-minilm-synthetic-speech", version="1.0.0", notes=notes, progress=config.progress,

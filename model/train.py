@@ -284,6 +284,12 @@ def finetune_encoder(kind: str, encoder: TextEncoder | AudioEncoder, manifest: M
     head = nn.Sequential(nn.LayerNorm(encoder.hidden_size), nn.Linear(encoder.hidden_size, len(labels))).to(encoder.device)
     params = [p for p in model.parameters() if p.requires_grad] + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.finetune_lr, weight_decay=config.weight_decay)
+    # Linear warm-up over the first 10% of steps, then linear decay: the usual schedule for
+    # fine-tuning transformers, and what keeps training from scratch stable early on.
+    total_steps = config.finetune_epochs * math.ceil(len(train) / config.finetune_batch_size)
+    warmup = max(1, total_steps // 10)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min((step + 1) / warmup, max(0.0, (total_steps - step) / max(1, total_steps - warmup))))
     weights = class_weights(train, labels).to(encoder.device)
 
     def inputs(batch: list[Item], crop: bool):
@@ -324,6 +330,7 @@ def finetune_encoder(kind: str, encoder: TextEncoder | AudioEncoder, manifest: M
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
+            scheduler.step()
             total, steps = total + loss.item(), steps + 1
             bar.set_postfix(loss=f"{total / steps:.3f}")
         model.eval()

@@ -213,3 +213,24 @@ def test_features_mode(tmp_path, scored, tiny_bundle):
             assert np.isfinite(text).all()
         if audio is not None:
             assert audio.shape[0] > 0 and np.isfinite(audio).all()
+
+
+def test_csv_manifest_reads_like_jsonl(tmp_path):
+    """No Ray: the CSV reader yields the same rows as JSONL (blank cells are missing values)."""
+    import csv
+
+    from deployments.batch import read_manifest
+
+    rows = [{"id": "a", "text": "hello", "audio_path": "", "split": "test", "label": "positive", "score": "1.5"},
+            {"id": "b", "text": "", "audio_path": "clips/b.wav", "split": "", "label": "", "score": ""},
+            {"id": "a", "text": "again", "audio_path": "", "split": "", "label": "", "score": ""}]
+    with open(tmp_path / "m.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps({k: v for k, v in r.items() if v}) for r in rows))
+    from_csv, from_jsonl = read_manifest(tmp_path / "m.csv"), read_manifest(tmp_path / "m.jsonl")
+    assert from_csv == from_jsonl
+    assert from_csv[0]["score"] == 1.5 and from_csv[0]["audio_path"] is None
+    assert from_csv[1]["text"] is None and from_csv[1]["audio_path"] == str(tmp_path / "clips" / "b.wav")
+    assert from_csv[2]["id"] == "a#dup1" and from_csv[2]["error_code"] == "duplicate_id"

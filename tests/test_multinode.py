@@ -129,6 +129,27 @@ import httpx  # noqa: E402
 import pytest  # noqa: E402
 
 
+def _die_with_parent() -> None:
+    # If pytest itself is killed, `ray start --block` gets SIGTERM and stops its node.
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def processes_under(root: Path) -> list[int]:
+    """Processes whose command line names our temp dir: ours alone, whatever their group."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if str(root).encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
 class RayNode:
     """One ``ray start --block`` in its own process group; stop() signals only that group."""
 
@@ -139,6 +160,7 @@ class RayNode:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", *args],
                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         self.pgid = self.proc.pid  # start_new_session: the leader's pid is the group id
 
@@ -368,6 +390,10 @@ def test_encoder_node_outage_and_recovery(tiny_bundle, wav_bytes):
         after = summarize(traffic.between(healthy["t"] + 1, float("inf")))
         ok_after_back = [r[0] for r in traffic.results if r[0] >= t_back and r[2] == 200]
         first_ok_s = (ok_after_back[0] - t_back) if ok_after_back else None
+        # Successes right after the kill: requests already inside the dying replicas, or
+        # served before Serve learned that the node was gone.
+        ok_early = [round(r[0] - t_kill, 1) for r in traffic.between(t_kill, t_back) if r[2] == 200]
+        failed_at = [round(r[0] - t_kill, 1) for r in traffic.between(t_kill, healthy["t"]) if r[2] != 200]
         pids_after = encoder_pids(url)
         report = {
             "deploy_s": round(deploy_s, 1),
@@ -376,6 +402,8 @@ def test_encoder_node_outage_and_recovery(tiny_bundle, wav_bytes):
             "recover_s": round(recover_s, 1),
             "first_success_after_restart_s": None if first_ok_s is None else round(first_ok_s, 1),
             "outage_window_s": round(healthy["t"] - t_kill, 1),
+            "ok_after_kill_at_s": ok_early,
+            "first_failure_after_kill_s": failed_at[0] if failed_at else None,
             "before": before, "outage": outage, "after": after,
             "encoder_pids_before": pids_before, "encoder_pids_after": pids_after,
         }
@@ -408,6 +436,14 @@ def test_encoder_node_outage_and_recovery(tiny_bundle, wav_bytes):
         for node in reversed(nodes):
             node.stop()
         leftovers = {node.name: node.group_alive() for node in nodes if node.group_alive()}
+        strays = processes_under(root)
+        for pid in strays:  # a worker that left its node's process group
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if strays:
+            leftovers["outside their process group"] = strays
         if failed and os.environ.get("MULTINODE_KEEP_LOGS"):
             print(f"logs kept in {root}")
         else:

@@ -39,8 +39,8 @@ def make_dataset(root: Path) -> Path:
         sf.write(wav, tone(660.0 if label == "positive" else 165.0, 0.4 + 0.02 * (i % 5), rng), RATE)
         split = "train" if i < 24 else "valid" if i < 32 else "test"
         text = (POSITIVE if label == "positive" else NEGATIVE)[i % 5]
-        # Every fourth train item is text-only, which trains the "missing audio" path.
-        audio = None if split == "train" and i % 4 == 3 else f"wav/{i}.wav"
+        # A third of the train items (both labels) are text-only: they train the "missing audio" path.
+        audio = None if split == "train" and i % 6 in (2, 5) else f"wav/{i}.wav"
         items.append(Item(f"u{i}", text, audio, split, label=label, score=1.5 if label == "positive" else -1.5))
     return save_manifest(items, root / "manifest.jsonl")
 
@@ -75,7 +75,7 @@ def test_bundle_is_written_with_metrics_and_provenance(trained):
     assert set(test) == {"fused", "text", "audio"}
     assert test["fused"]["n"] == 8 and "regression" in test["fused"]
     assert bundle.data["counts"] == {"train": 24, "valid": 8, "test": 8}
-    assert bundle.data["with_audio"]["train"] == 18
+    assert bundle.data["with_audio"]["train"] == 16
     assert bundle.data["encoders"]["audio"]["fine_tuned_layers"] == 1
     assert len(bundle.data["manifest_sha256"]) == 64
 

@@ -17,7 +17,8 @@ SMALL = BatchLimits(max_rows=3, max_zip_members=3, max_unzipped_bytes=100_000, m
 
 def test_csv_and_jsonl_manifests_read_to_the_same_rows(tmp_path):
     (tmp_path / "m.csv").write_text('\ufeffID,Text,Audio\nx,"Hello, there",a.wav\n,,b.wav\n')
-    (tmp_path / "m.jsonl").write_text('{"id": "x", "text": "Hello, there", "audio": "a.wav"}\n\n{"audio": "b.wav"}\n')
+    # audio_path: the name the offline batch tool (deployments.batch) uses.
+    (tmp_path / "m.jsonl").write_text('{"id": "x", "text": "Hello, there", "audio": "a.wav"}\n\n{"audio_path": "b.wav"}\n')
     expected = [Row(1, "x", "Hello, there", "a.wav"), Row(2, "2", None, "b.wav")]
     assert read_manifest(tmp_path / "m.csv", SMALL) == expected
     assert read_manifest(tmp_path / "m.jsonl", SMALL) == expected

