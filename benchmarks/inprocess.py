@@ -119,23 +119,36 @@ def run_sequential(model: InProcessModel, requests: list[Request], concurrencies
     }
 
 
-def run_batched(model: InProcessModel, requests: list[Request], batch_sizes: list[int]) -> dict:
-    """System (a): one pass over the workload per batch size; the best is the limit."""
+def run_batched(model: InProcessModel, requests: list[Request], batch_sizes: list[int],
+                thread_counts: list[int] | None = None) -> dict:
+    """System (a): one pass over the workload per (torch threads, batch size); the best is the limit.
+
+    Threads are swept too: with every core in one intra-op pool, each small op waits for
+    all its threads, which costs dearly when other processes hold a core.
+    """
+    threads_before = torch.get_num_threads()
     sweep = {}
-    for size in batch_sizes:
-        latencies = []
-        start, cpu = time.perf_counter(), time.process_time()
-        for lo in range(0, len(requests), size):
-            chunk_start = time.perf_counter()
-            chunk = requests[lo : lo + size]
-            model.predict_batch(chunk)
-            latencies += [time.perf_counter() - chunk_start] * len(chunk)
-        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
-        sweep[str(size)] = {"throughput_rps": len(requests) / wall, **cpu_use(len(requests), wall, cpu),
-                            **summarize(latencies)}
+    try:
+        for threads in thread_counts or [threads_before]:
+            torch.set_num_threads(threads)
+            for size in batch_sizes:
+                latencies = []
+                start, cpu = time.perf_counter(), time.process_time()
+                for lo in range(0, len(requests), size):
+                    chunk_start = time.perf_counter()
+                    chunk = requests[lo : lo + size]
+                    model.predict_batch(chunk)
+                    latencies += [time.perf_counter() - chunk_start] * len(chunk)
+                wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+                sweep[f"{size}@{threads}t"] = {"batch_size": size, "threads": threads,
+                                               "throughput_rps": len(requests) / wall,
+                                               **cpu_use(len(requests), wall, cpu), **summarize(latencies)}
+    finally:
+        torch.set_num_threads(threads_before)
     best = max(sweep, key=lambda s: sweep[s]["throughput_rps"])
-    return {"best_batch_size": int(best), "throughput_rps": sweep[best]["throughput_rps"],
-            "cores_used": sweep[best]["cores_used"], "ok_per_cpu_s": sweep[best]["ok_per_cpu_s"], "sweep": sweep}
+    return {"best": best, "best_batch_size": sweep[best]["batch_size"], "best_threads": sweep[best]["threads"],
+            "throughput_rps": sweep[best]["throughput_rps"], "cores_used": sweep[best]["cores_used"],
+            "ok_per_cpu_s": sweep[best]["ok_per_cpu_s"], "sweep": sweep}
 
 
 def cpu_use(n: int, wall_s: float, cpu_s: float) -> dict:

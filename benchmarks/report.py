@@ -80,7 +80,8 @@ def evaluate(results: dict) -> list[dict]:
                      "met": value is not None and value >= TARGETS["saturation_vs_limit"],
                      "detail": f"(c) best {best['throughput_rps']:.2f} rps at concurrency {best['concurrency']} "
                                f"using {best.get('cores_used')} cores; (a) {a['throughput_rps']:.2f} rps at batch "
-                               f"{a['best_batch_size']} using {a.get('cores_used')} cores; ok/CPU-s ratio {cpu_value}"})
+                               f"{a['best_batch_size']}, {a.get('best_threads')} threads, using {a.get('cores_used')} "
+                               f"cores; ok/CPU-s ratio {cpu_value}"})
     level16 = _level(c, 16)
     if b and level16:
         b16 = b["by_concurrency"].get("16")
@@ -149,7 +150,7 @@ def plot_latency_throughput(results: dict, path: Path) -> None:
     limit = results.get("limit")
     if limit:
         ax.axvline(limit["throughput_rps"], color="gray", linestyle=":",
-                   label=f"(a) limit, batch {limit['best_batch_size']}")
+                   label=f"(a) limit, batch {limit['best_batch_size']}, {limit.get('best_threads')} threads")
     ax.set_xlabel("throughput (requests/s)")
     ax.set_ylabel("latency (ms)")
     ax.set_yscale("log")
@@ -199,8 +200,8 @@ def results_table(results: dict) -> str:
             "|---|---|---|---|---|---|---|---|---|---|"]
     a = results.get("limit")
     if a:
-        best = a["sweep"][str(a["best_batch_size"])]
-        rows.append(f"| (a) in-process batched, batch {a['best_batch_size']} | all at once | {_fmt(a['throughput_rps'])} | "
+        best = a["sweep"][a["best"]]
+        rows.append(f"| (a) in-process batched, batch {a['best_batch_size']}, {a['best_threads']} threads | all at once | {_fmt(a['throughput_rps'])} | "
                     f"{_fmt(best['p50_ms'], 0)} | {_fmt(best['p95_ms'], 0)} | {_fmt(best['p99_ms'], 0)} | 0 | 0 | "
                     f"{_fmt(a.get('cores_used'))} | {_fmt(a.get('ok_per_cpu_s'))} |")
     b = results.get("seed")
@@ -348,7 +349,9 @@ def write_report(out_dir: Path, results: dict) -> Path:
             "| | p50 ms | p95 ms | p99 ms |",
             "|---|---|---|---|",
         ]
-        for name, row in (("HTTP (c)", paired["http"]), ("in-process (b)", paired["in_process"]),
+        for name, row in (("HTTP (c)", paired["http"]), ("in-process, faster thread count", paired["in_process"]),
+                          *((f"in-process, {t} torch threads", v)
+                            for t, v in paired.get("in_process_by_threads", {}).items()),
                           ("difference, per request", paired["difference"]),
                           *((f"difference, {k} only", v) for k, v in paired["difference_by_kind"].items())):
             lines.append(f"| {name} | {_fmt(row['p50_ms'], 1)} | {_fmt(row['p95_ms'], 1)} | {_fmt(row['p99_ms'], 1)} |")

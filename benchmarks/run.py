@@ -32,10 +32,13 @@ ROOT = Path(__file__).resolve().parent.parent
 # Sizes of a run. quick: small models and short levels (about 5 min on 2 idle cores);
 # default: base-size models (bert-base, wav2vec2-base), about 15-20 min on 2 cores.
 MODES = {
-    "quick": dict(size="quick", requests=48, short_texts=64, batch_sizes=[4, 8, 16], duration_s=20,
+    "quick": dict(size="quick", requests=48, short_texts=64, batch_sizes=[4, 16], duration_s=20,
                   warmup_s=4, scenario_s=15, profile_s=8, health_timeout_s=300),
-    "default": dict(size="base", requests=32, short_texts=48, batch_sizes=[1, 4, 8], duration_s=45,
+    "default": dict(size="base", requests=32, short_texts=48, batch_sizes=[4, 8], duration_s=45,
                     warmup_s=10, scenario_s=30, profile_s=10, health_timeout_s=600),
+    # One GPU: base-size models in fp16, larger batches; about 6-8 minutes.
+    "gpu": dict(size="base", requests=64, short_texts=128, batch_sizes=[8, 32], duration_s=40,
+                warmup_s=8, scenario_s=30, profile_s=10, health_timeout_s=600),
 }
 
 
@@ -61,9 +64,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> Path:
     args = parse_args(argv)
-    mode = dict(MODES["quick" if args.quick else "default"])
-    if args.gpu:
-        mode["size"] = "base"
+    mode = dict(MODES["gpu" if args.gpu else "quick" if args.quick else "default"])
+    if args.gpu and args.quick:
+        mode.update(size="quick", duration_s=15, scenario_s=15)
     if args.duration:
         mode["duration_s"] = args.duration
     skip = set(filter(None, args.skip.split(",")))
@@ -123,6 +126,15 @@ def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+def thread_sweep(model) -> list[int]:
+    """Torch thread counts (a) tries on CPU: one, and every core. On a GPU threads barely matter."""
+    import torch
+
+    if model.pipeline.text_encoder.device.type != "cpu":
+        return [torch.get_num_threads()]
+    return sorted({1, torch.get_num_threads()})
+
+
 def run_inprocess(results, model, mixed, short, mode, concurrencies) -> None:
     from benchmarks import inprocess
     from benchmarks.metrics import MachineCPU
@@ -137,14 +149,14 @@ def run_inprocess(results, model, mixed, short, mode, concurrencies) -> None:
     log(f"(b) {seed['throughput_rps']:.2f} rps; p50 service {seed['service']['p50_ms']} ms")
     log(f"(a) limit: batch sizes {mode['batch_sizes']}")
     machine = MachineCPU()
-    limit = inprocess.run_batched(model, mixed, mode["batch_sizes"])
+    limit = inprocess.run_batched(model, mixed, mode["batch_sizes"], thread_sweep(model))
     limit["machine_busy_cores"] = machine.busy_cores()
     results["limit"] = limit
-    log(f"(a) {limit['throughput_rps']:.2f} rps at batch {limit['best_batch_size']}")
+    log(f"(a) {limit['throughput_rps']:.2f} rps at batch {limit['best_batch_size']}, {limit['best_threads']} threads")
     # References for the text-only scenario.
     results["short_texts_inprocess"] = {
         "seed": inprocess.run_sequential(model, short, [16]),
-        "limit": inprocess.run_batched(model, short, [8, 32]),
+        "limit": inprocess.run_batched(model, short, [8, 32], thread_sweep(model)),
     }
     gc.collect()
 
@@ -187,7 +199,8 @@ def run_served(results, args, bundle_path, mixed, short, mode, concurrencies, ou
         results["loadavg"]["served"] = round(os.getloadavg()[0], 2)
         if model is not None:
             log("(c) overhead at concurrency 1: each request over HTTP, then in-process")
-            served["paired_overhead"] = serve_load.paired_overhead(system.url, mixed, model.predict_one, timeout_s)
+            served["paired_overhead"] = serve_load.paired_overhead(system.url, mixed, model.predict_one, timeout_s,
+                                                                   thread_sweep(model))
             log(f"(c) paired overhead p50 {served['paired_overhead']['difference']['p50_ms']} ms")
         if "scenario" not in skip:
             served["text_batching"] = text_batching_scenario(system, config, short, mode, timeout_s, out)

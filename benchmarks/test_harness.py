@@ -74,7 +74,7 @@ def test_collapsed_stacks_shares():
 
 def test_targets_flag_a_miss():
     results = {
-        "limit": {"throughput_rps": 10.0, "best_batch_size": 8, "ok_per_cpu_s": 5.0},
+        "limit": {"throughput_rps": 10.0, "best_batch_size": 8, "best_threads": 2, "ok_per_cpu_s": 5.0},
         "seed": {"throughput_rps": 5.0, "service": {"p50_ms": 100.0}, "service_by_kind": {},
                  "by_concurrency": {"16": {"p99_ms": 3000.0}}},
         "served": {"levels": [

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from model.audio import STANDARD_SAMPLE_RATES
 from model.errors import AudioTooLargeError, AudioTooLongError, ModelInputError, TextTooLongError
 
 logger = logging.getLogger("ray.serve")
@@ -37,6 +38,8 @@ class Limits(BaseModel):
     max_audio_seconds: float = Field(30.0, gt=0)
     # Raised to the audio encoder's receptive field if that is longer.
     min_audio_seconds: float = Field(0.1, ge=0)
+    # Odd rates are refused: resampling from them can cost minutes of CPU (model/audio.py).
+    sample_rates: list[int] = Field(default_factory=lambda: sorted(STANDARD_SAMPLE_RATES), min_length=1)
     min_sample_rate: int = Field(8_000, ge=1)
     max_sample_rate: int = Field(48_000, ge=1)
     max_channels: int = Field(2, ge=1)

@@ -160,11 +160,13 @@ def audio_limits(limits: Limits) -> AudioLimits:
 
 @dataclass
 class BatchResources:
-    """Per-task / per-actor resources and pool sizes. ``gpu=None`` means: GPUs if the cluster has any."""
+    """Per-task / per-actor resources and pool sizes. ``None`` means: decided from the cluster
+    (GPUs if it has any; a quarter of its CPUs, 0.25 to 2, per decode task and per actor, so
+    the three actor pools and decoding always fit, even on a 2-core laptop)."""
 
     gpu: bool | None = None
-    decode_cpus: float = 1.0
-    actor_cpus: float = 1.0
+    decode_cpus: float | None = None
+    actor_cpus: float | None = None
     text_gpus: float = 0.25
     audio_gpus: float = 0.5
     fusion_gpus: float = 0.25
@@ -477,21 +479,29 @@ def run(mode: str, manifest: str | Path, bundle: str | Path, out: str | Path,
     errors: dict[str, int] = {}
     processed = 0
     if todo:
-        gpu = resources.gpu if resources.gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
+        cluster = ray.cluster_resources()
+        gpu = resources.gpu if resources.gpu is not None else cluster.get("GPU", 0) > 0
+        share = max(0.25, min(2.0, cluster.get("CPU", 1.0) / 4))
+        actor_cpus = resources.actor_cpus if resources.actor_cpus is not None else share
+        decode_cpus = resources.decode_cpus if resources.decode_cpus is not None else share
+        logger.info("actors: %s, %.2f CPUs each (up to %d per stage); decoding: %.2f CPUs per task",
+                    "GPU" if gpu else "CPU", actor_cpus, resources.max_actors, decode_cpus)
         DataContext.get_current().enable_progress_bars = False  # ours below is per row, not per operator
 
         def pool(cls, gpus, batch_size, **extra):
             return dict(fn=cls, fn_constructor_args=(bundle_path,), batch_size=batch_size, batch_format="pyarrow",
                         compute=ActorPoolStrategy(min_size=1, max_size=resources.max_actors),
-                        num_cpus=resources.actor_cpus, num_gpus=gpus if gpu else 0, **extra)
+                        num_cpus=actor_cpus, num_gpus=gpus if gpu else 0, **extra)
 
         ds = ray.data.from_items(todo, override_num_blocks=max(1, min(len(todo) // resources.decode_batch, 200)))
-        # SPREAD puts decoding on every node's CPUs, and, because its arguments differ from
-        # the actors', keeps Ray Data from fusing it into the TextStage actors (which would
-        # hold a GPU while reading files).
+        # A decode task holds a batch of the longest allowed clips, as file bytes and as
+        # float32 samples; asking for that memory also keeps Ray Data from fusing decoding
+        # into the TextStage actors (their resources differ), which would then hold a GPU
+        # while reading and decoding files.
+        decode_memory = resources.decode_batch * limits.max_audio_seconds * limits.max_sample_rate * 4 * 2
         ds = ds.map_batches(decode_stage, fn_kwargs={"sampling_rate": sampling_rate, "limits": limits.model_dump()},
-                            batch_size=resources.decode_batch, batch_format="pyarrow", num_cpus=resources.decode_cpus,
-                            scheduling_strategy="SPREAD")
+                            batch_size=resources.decode_batch, batch_format="pyarrow", num_cpus=decode_cpus,
+                            memory=decode_memory)
         ds = ds.map_batches(**pool(TextStage, resources.text_gpus, resources.text_batch))
         ds = ds.map_batches(**pool(AudioStage, resources.audio_gpus, resources.audio_batch))
         if mode == "score":
@@ -557,8 +567,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
                        help="GPU actors when the cluster has GPUs (auto), or force one")
         p.add_argument("--max-actors", type=int, default=4, help="upper bound of each encoder/fusion actor pool")
-        p.add_argument("--actor-cpus", type=float, default=1.0, help="CPUs per actor (torch threads follow it)")
-        p.add_argument("--decode-cpus", type=float, default=1.0, help="CPUs per audio decoding task")
+        p.add_argument("--actor-cpus", type=float, default=None,
+                       help="CPUs per actor; torch threads follow it (default: a quarter of the cluster's, 0.25-2)")
+        p.add_argument("--decode-cpus", type=float, default=None, help="CPUs per audio decoding task (default: as actors)")
         p.add_argument("--shard-rows", type=int, default=1000, help="rows per output shard")
         p.add_argument("--limit", type=int, default=None, help="only the first N manifest rows (a trial run)")
         p.add_argument("--serve-config", default=None,

@@ -161,12 +161,33 @@ class EdgeMiddleware:
         if refusal is not None:
             return await api.error_response(refusal, request_id)(scope, receive, send)
 
+        cap, received, started = state.settings.limits.max_body_bytes, 0, False
+
+        async def capped_receive():
+            # A chunked body has no Content-Length to refuse up front: count it as it
+            # streams. Raised inside the app, PayloadTooLarge reaches the app's error
+            # handler (or, from the Gradio mount, the except below) as a 413.
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > cap:
+                    raise api.PayloadTooLarge(f"request body exceeds the limit of {cap} bytes")
+            return message
+
         async def send_with_id(message):
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 MutableHeaders(scope=message)["X-Request-ID"] = request_id
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        try:
+            await self.app(scope, capped_receive, send_with_id)
+        except api.PayloadTooLarge as exc:
+            if started:
+                raise
+            await api.error_response(exc, request_id)(scope, receive, send)
 
     @staticmethod
     def _refusal(request: Request, settings: "DriverSettings", expected: str) -> Optional[api.ServiceError]:
@@ -219,7 +240,7 @@ class Driver:
         self.audio_limits = AudioLimits(
             max_bytes=limits.max_audio_bytes, max_seconds=limits.max_audio_seconds, min_seconds=min_seconds,
             min_sample_rate=limits.min_sample_rate, max_sample_rate=limits.max_sample_rate,
-            max_channels=limits.max_channels,
+            sample_rates=frozenset(limits.sample_rates), max_channels=limits.max_channels,
         )
         # In the replica, ``app`` here is the copy Serve actually serves (checked:
         # the same object as request.app), so the edge middleware reads this state.

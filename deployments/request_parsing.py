@@ -79,8 +79,8 @@ def check_input(text: str | None, audio: bytes | None, limits: Limits) -> Predic
 def parse_json(body: bytes, limits: Limits) -> PredictInput:
     try:
         payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequest(f"malformed JSON: {exc}", "malformed_json") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of > 4300 digits
+        raise BadRequest(f"malformed JSON: {str(exc)[:200]}", "malformed_json") from None
     except RecursionError:  # "[[[[..." nested deeper than the parser's stack
         raise BadRequest("malformed JSON: nested too deeply", "malformed_json") from None
     if not isinstance(payload, dict):

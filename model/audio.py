@@ -26,6 +26,12 @@ from model.errors import (
 # libsndfile sees the data, and the format it reports is checked again after.
 ALLOWED_FORMATS = frozenset({"WAV", "WAVEX", "FLAC", "OGG", "MP3"})
 
+# Sample rates we accept. Resampling between two rates costs time and memory in
+# proportion to rate / gcd(rate, target): 1 s at 22,819 Hz took 44 s of CPU to reach
+# 16 kHz, so a client choosing an odd rate could stall a replica. These common rates
+# all resample to any of them in well under a second per 30 s of audio.
+STANDARD_SAMPLE_RATES = frozenset({8_000, 11_025, 12_000, 16_000, 22_050, 24_000, 32_000, 44_100, 48_000})
+
 # Float WAV/FLAC samples far outside full scale are not audio; they are also large
 # enough to overflow float32 statistics in the feature extractor. Clip to this peak.
 MAX_ABS_SAMPLE = 1.0
@@ -49,6 +55,7 @@ class AudioLimits:
     min_seconds: float = 0.1
     min_sample_rate: int = 8_000
     max_sample_rate: int = 48_000
+    sample_rates: frozenset[int] = STANDARD_SAMPLE_RATES
     max_channels: int = 2
 
 
@@ -83,6 +90,11 @@ def _check_header(handle: sf.SoundFile, limits: AudioLimits) -> None:
         raise AudioFormatError(
             f"sample rate {handle.samplerate} Hz is outside "
             f"{limits.min_sample_rate}-{limits.max_sample_rate} Hz"
+        )
+    if handle.samplerate not in limits.sample_rates:
+        raise AudioFormatError(
+            f"sample rate {handle.samplerate} Hz is not accepted; use one of "
+            f"{', '.join(str(r) for r in sorted(limits.sample_rates))} Hz"
         )
     if not 1 <= handle.channels <= limits.max_channels:
         raise AudioFormatError(f"{handle.channels} channels; at most {limits.max_channels} are allowed")

@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, never a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from model.bundle import Bundle  # noqa: E402
 
@@ -68,6 +69,8 @@ def plot_curves(history: dict, path: Path) -> Path:
         ax.set_title(f"{kind} encoder fine-tuning")
         ax.set_xlabel("epoch")
         ax.legend(fontsize=8)
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -125,14 +128,14 @@ def write_report(folder: Path, bundle: Bundle, history: dict, extra_sections: li
     validation = data.get("validation", {})
     lines += ["", f"Manifest: `{data.get('manifest')}` (sha256 {str(data.get('manifest_sha256', ''))[:16]}…).",
               f"Validation errors by kind: {validation.get('problem_counts') or 'none'}; "
-              f"items dropped: {validation.get('items_with_errors', 0) if data.get('training', {}).get('drop_invalid') else 0}.",
+              f"items dropped: {validation.get('dropped', 0)}.",
               f"Labels derived from score: {data.get('labels_derived_from_score', 0)}."]
     for warning in validation.get("warnings", []):
         lines.append(f"Warning: {warning}.")
     for name, info in data.get("extra_eval", {}).items():
         v = info["validation"]
         lines.append(f"Extra evaluation set `{name}`: `{info['manifest']}` split {info['split']}; "
-                     f"errors {v.get('problem_counts') or 'none'}.")
+                     f"errors {v.get('problem_counts') or 'none'}; dropped {v.get('dropped', 0)}.")
     fusion = history["fusion"]
     lines += ["", "## Training", "",
               f"Fusion head: {len(fusion['epoch'])} epoch(s), best epoch {fusion.get('best_epoch')} by valid loss; "

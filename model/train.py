@@ -138,10 +138,11 @@ def _eval_spec(spec: str) -> tuple[Path, str]:
     return Path(path), split
 
 
-def prepare_data(config: TrainConfig) -> tuple[Manifest, dict[str, list[Item]], list[str], dict]:
+def prepare_data(config: TrainConfig) -> tuple[dict[str, Manifest], dict[str, list[Item]], list[str], dict]:
     """Load, validate and (if allowed) clean the manifest and extra evaluation sets.
 
-    Returns the manifest, the item lists by set name (train, valid, test, extras),
+    Returns the manifest of each set (for resolving audio paths), the item lists by
+    set name (train, valid, test, extras),
     the label order, and the data provenance for the bundle.
     """
     manifest = load_manifest(config.manifest)
@@ -160,6 +161,7 @@ def prepare_data(config: TrainConfig) -> tuple[Manifest, dict[str, list[Item]], 
         "validation": _validation_summary(report),
     }
     kept = _apply_policy(manifest, report, config.drop_invalid, "manifest")
+    provenance["validation"]["dropped"] = len(manifest.items) - len(kept)
     for split in ("train", "valid", "test"):
         sets[split] = [i for i in kept if i.split == split]
     extra_manifests: dict[str, Manifest] = {}
@@ -184,7 +186,7 @@ def prepare_data(config: TrainConfig) -> tuple[Manifest, dict[str, list[Item]], 
         provenance["extra_eval"][name] = {
             "manifest": str(extra.source), "split": split,
             "manifest_sha256": hashlib.sha256(Path(extra.source).read_bytes()).hexdigest(),
-            "validation": _validation_summary(extra_report),
+            "validation": _validation_summary(extra_report) | {"dropped": len(extra.items) - len(sets[name])},
         }
     if not sets["train"]:
         raise TrainingDataError("the train split is empty after validation")

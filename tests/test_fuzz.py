@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from deployments.api import Limits, ServiceError, status_for
 from deployments.request_parsing import read_predict_request
-from model.audio import AudioLimits, decode_audio
+from model.audio import STANDARD_SAMPLE_RATES, AudioLimits, decode_audio
 from model.errors import ModelInputError
 
 TARGET_RATE = 16_000
@@ -97,7 +97,7 @@ def test_decode_audio_on_mutated_real_files(seed, data):
 
 
 @FUZZ
-@given(rate=st.integers(1_000, 96_000), channels=st.integers(1, 4), seconds=st.floats(0.0, 3.0),
+@given(rate=st.sampled_from(sorted(STANDARD_SAMPLE_RATES)) | st.integers(1_000, 96_000), channels=st.integers(1, 4), seconds=st.floats(0.0, 3.0),
        fmt=st.sampled_from([("WAV", "PCM_16"), ("WAV", "FLOAT"), ("FLAC", "PCM_24"), ("WAV", "PCM_U8")]),
        special=st.sampled_from([None, np.nan, np.inf, -np.inf, 1e30]))
 def test_decode_audio_enforces_every_limit(rate, channels, seconds, fmt, special):
@@ -107,7 +107,8 @@ def test_decode_audio_enforces_every_limit(rate, channels, seconds, fmt, special
         samples[frames // 2, 0] = special
     data = encoded(samples, rate, *fmt)
     waveform = check_decoded_or_refused(data)
-    in_limits = (LIMITS.min_sample_rate <= rate <= LIMITS.max_sample_rate and channels <= LIMITS.max_channels
+    in_limits = (LIMITS.min_sample_rate <= rate <= LIMITS.max_sample_rate and rate in LIMITS.sample_rates
+                 and channels <= LIMITS.max_channels
                  and LIMITS.min_seconds * rate <= frames <= LIMITS.max_seconds * rate
                  and len(data) <= LIMITS.max_bytes
                  and not (fmt[1] == "FLOAT" and special is not None and np.isnan(special) | np.isinf(special)))
@@ -152,6 +153,7 @@ bodies = st.one_of(
     predict_payloads.map(multipart),
     st.binary(max_size=2048),
     st.just(b"[" * 50_000),
+    st.just(b'{"text": "hi", "explain": ' + b"9" * 5_000 + b"}"),
     st.just(b'{"text": "' + b"a" * 70_000 + b'"}'),
 )
 

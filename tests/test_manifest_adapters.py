@@ -234,6 +234,7 @@ def test_training_refuses_invalid_data_unless_dropping_is_asked(tmp_path):
     assert [i.id for i in sets["train"]] == ["t1", "t2"]
     assert sets["test"] == []  # its only item leaked from train
     assert provenance["validation"]["items_with_errors"] == 9
+    assert provenance["validation"]["dropped"] == 9
     assert provenance["validation"]["problem_counts"]["missing_audio"] == 1
     assert provenance["counts"] == {"train": 2, "valid": 1, "test": 0}
 
