@@ -296,7 +296,8 @@ class RayHead:
             "--port": self.port, "--node-manager-port": free_port(), "--object-manager-port": free_port(),
             "--ray-client-server-port": free_port(), "--dashboard-agent-listen-port": free_port(),
             "--dashboard-agent-grpc-port": free_port(), "--metrics-export-port": free_port(),
-            "--runtime-env-agent-port": free_port(), "--min-worker-port": lo, "--max-worker-port": hi,
+            "--runtime-env-agent-port": free_port(), "--dashboard-port": free_port(),
+            "--min-worker-port": lo, "--max-worker-port": hi,
         }
         cmd = [str(BIN / "ray"), "start", "--head", "--block", "--include-dashboard=false", "--disable-usage-stats", "--temp-dir", str(self.temp_dir),
                "--num-cpus", str(self.num_cpus)]
@@ -543,7 +544,7 @@ class ServedSystem:
 
 def start_system(config: dict, workdir: Path, num_cpus: int, num_gpus: int | None, health_timeout_s: float,
                  env: dict | None = None, poll_status: bool = True) -> ServedSystem:
-    head = RayHead(num_cpus=num_cpus, num_gpus=num_gpus, env=env or {}, log_dir=workdir).start()
+    head = start_head(num_cpus, num_gpus, env or {}, workdir)
     try:
         config_path = workdir / "serve_config.bench.yaml"
         start = time.perf_counter()
@@ -558,6 +559,20 @@ def start_system(config: dict, workdir: Path, num_cpus: int, num_gpus: int | Non
         keep_serve_logs(head, workdir)
         head.stop()
         raise
+
+
+def start_head(num_cpus: int, num_gpus: int | None, env: dict, workdir: Path, attempts: int = 3) -> RayHead:
+    """A Ray head; on a loaded machine its startup sometimes times out, so it is retried."""
+    for attempt in range(1, attempts + 1):
+        head = RayHead(num_cpus=num_cpus, num_gpus=num_gpus, env=env, log_dir=workdir)
+        try:
+            return head.start()
+        except (RuntimeError, TimeoutError):
+            head.stop()
+            if attempt == attempts:
+                raise
+            time.sleep(5)
+    raise AssertionError("unreachable")
 
 
 def keep_serve_logs(head: RayHead, workdir: Path) -> None:

@@ -102,7 +102,13 @@ def _row(raw: dict, base: Path, number: int) -> dict:
 
 
 def read_manifest(path: str | Path) -> list[dict]:
-    """Rows with the manifest columns; malformed lines and duplicate ids become error rows."""
+    """Rows with the manifest columns; malformed lines and duplicate ids become error rows.
+
+    The columns are those of ``model.manifest`` (the training manifest), read tolerantly:
+    ``load_manifest`` rejects a whole file for one bad row, which suits training but not a
+    scoring job that must record the row and go on. ``split``, ``label`` and ``score`` are
+    optional here and passed through to the output as targets.
+    """
     path = Path(path)
     base = path.resolve().parent
     rows: list[dict] = []
@@ -169,7 +175,7 @@ class BatchResources:
     actor_cpus: float | None = None
     text_gpus: float = 0.25
     audio_gpus: float = 0.5
-    fusion_gpus: float = 0.25
+    fusion_gpus: float = 0.1
     max_actors: int = 4
     decode_batch: int = 32
     text_batch: int = 64

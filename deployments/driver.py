@@ -161,33 +161,45 @@ class EdgeMiddleware:
         if refusal is not None:
             return await api.error_response(refusal, request_id)(scope, receive, send)
 
-        cap, received, started = state.settings.limits.max_body_bytes, 0, False
-
-        async def capped_receive():
-            # A chunked body has no Content-Length to refuse up front: count it as it
-            # streams. Raised inside the app, PayloadTooLarge reaches the app's error
-            # handler (or, from the Gradio mount, the except below) as a 413.
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > cap:
-                    raise api.PayloadTooLarge(f"request body exceeds the limit of {cap} bytes")
-            return message
+        if "content-length" not in request.headers and scope["method"] in ("POST", "PUT", "PATCH"):
+            # A chunked body has no length to refuse up front. Read it here, up to the
+            # cap, so every route (Gradio's included) gets the same clean 413; an app
+            # that streams a body has no way to answer one once it has started.
+            receive = await self._buffered(receive, state.settings.limits.max_body_bytes)
+            if receive is None:
+                cap = state.settings.limits.max_body_bytes
+                too_large = api.PayloadTooLarge(f"request body exceeds the limit of {cap} bytes")
+                return await api.error_response(too_large, request_id)(scope, receive, send)
 
         async def send_with_id(message):
-            nonlocal started
             if message["type"] == "http.response.start":
-                started = True
                 MutableHeaders(scope=message)["X-Request-ID"] = request_id
             await send(message)
 
-        try:
-            await self.app(scope, capped_receive, send_with_id)
-        except api.PayloadTooLarge as exc:
-            if started:
-                raise
-            await api.error_response(exc, request_id)(scope, receive, send)
+        await self.app(scope, receive, send_with_id)
+
+    @staticmethod
+    async def _buffered(receive, cap: int):
+        """A ``receive`` replaying the whole body, or None once it passes ``cap`` bytes."""
+        body, more = bytearray(), True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                break  # the client went away: the app will see that on its next receive
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > cap:
+                return None
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        return replay
 
     @staticmethod
     def _refusal(request: Request, settings: "DriverSettings", expected: str) -> Optional[api.ServiceError]:

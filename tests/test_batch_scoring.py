@@ -130,6 +130,7 @@ def scored(tmp_path_factory, tiny_bundle, ray_cluster):
     return manifest, kinds, out, first, second
 
 
+@pytest.mark.slow
 def test_cli_then_resume(scored):
     manifest, kinds, out, first, second = scored
     assert first["processed_rows"] == 60 and first["skipped_rows"] == 0
@@ -140,6 +141,7 @@ def test_cli_then_resume(scored):
     assert len(ids) == len(set(ids)) == 200
 
 
+@pytest.mark.slow
 def test_bad_rows_are_recorded_not_fatal(scored):
     manifest, kinds, out, first, second = scored
     rows = {r["id"]: r for r in read_shards(out).to_pylist()}
@@ -155,6 +157,7 @@ def test_bad_rows_are_recorded_not_fatal(scored):
     assert rows["clip-001"]["true_label"] == "positive" and rows["clip-001"]["true_score"] == -2.0
 
 
+@pytest.mark.slow
 def test_same_answers_as_the_http_api(scored, served_app):
     manifest, kinds, out, first, second = scored
     from deployments.batch import read_manifest
@@ -191,6 +194,7 @@ def test_same_answers_as_the_http_api(scored, served_app):
     assert compared >= 180 and errors >= 8
 
 
+@pytest.mark.slow
 def test_features_mode(tmp_path, scored, tiny_bundle):
     from transformers import AutoTokenizer
 

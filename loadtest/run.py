@@ -1,0 +1,211 @@
+"""Soak test: the real app from ``serve_config.yaml`` on a private local Ray, driven by Locust.
+
+    python -m loadtest.run --users 16 --duration 60s        # make loadtest
+
+Everything binds 127.0.0.1: Ray is started in this process with ``ray.init``
+(no ``ray start``, so nobody else's ``ray.init()`` can attach to it), Serve's
+proxy on a free loopback port, and Locust runs headless (no web UI, no ports).
+Writes to ``--out``: Locust's CSVs, ``timeline.csv`` (requests per second by
+status code, latency percentiles), ``memory.csv`` (RSS per Serve process role
+every 2 s) and ``summary.json``/``summary.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = "sentiment"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def app_args(config_path: Path, bundle: Path) -> dict:
+    """The first application of the Serve config as ``build_app`` args (options included)."""
+    config = yaml.safe_load(config_path.read_text())
+    app = config["applications"][0]
+    args = dict(app.get("args") or {})
+    args["bundle"] = str(bundle.resolve())
+    args["deployments"] = {d["name"]: {k: v for k, v in d.items() if k != "name"} for d in app.get("deployments", [])}
+    return args
+
+
+def pick_bundle(requested: str | None, out: Path) -> Path:
+    if requested:
+        return Path(requested)
+    demo = ROOT / "artifacts" / "demo-bundle"
+    if (demo / "bundle.json").is_file():
+        return demo
+    from model.factory import save_tiny_bundle
+
+    tiny = out / "tiny-bundle"
+    if not (tiny / "bundle.json").is_file():
+        save_tiny_bundle(tiny)
+    return tiny
+
+
+def role_of(proc: psutil.Process) -> str | None:
+    with contextlib.suppress(psutil.Error):
+        title = " ".join(proc.cmdline())
+        if title.startswith("ray::ServeReplica:"):
+            return title.split()[0].split(":")[-1].split("#")[-1]
+        if title.startswith("ray::ProxyActor"):
+            return "Proxy"
+        if title.startswith("ray::ServeController"):
+            return "Controller"
+    return None
+
+
+class MemorySampler(threading.Thread):
+    """RSS (MiB) summed per Serve process role, every ``interval_s``, for this process's Ray."""
+
+    def __init__(self, interval_s: float = 2.0):
+        super().__init__(daemon=True)
+        self.interval_s, self.rows, self._stop = interval_s, [], threading.Event()
+        self._t0 = time.monotonic()
+
+    def run(self) -> None:
+        me = psutil.Process()
+        while not self._stop.wait(self.interval_s):
+            totals: dict[str, float] = collections.defaultdict(float)
+            for proc in me.children(recursive=True):
+                role = role_of(proc)
+                if role:
+                    with contextlib.suppress(psutil.Error):
+                        totals[role] += proc.memory_info().rss / 2**20
+            self.rows.append({"second": round(time.monotonic() - self._t0), **{k: round(v) for k, v in totals.items()}})
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.join(timeout=10)
+
+
+def wait_healthy(url: str, timeout_s: float) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return time.monotonic() - start
+        time.sleep(0.25)
+    raise TimeoutError(f"{url}/healthz not healthy within {timeout_s} s")
+
+
+def summarize(timeline: Path, memory: list[dict], healthz_after_s: float, args) -> dict:
+    with timeline.open() as f:
+        rows = list(csv.DictReader(f))
+    statuses = collections.Counter()
+    for row in rows:
+        for key, value in row.items():
+            if key.startswith("status_"):
+                statuses[key.removeprefix("status_")] += int(value)
+    windows = []
+    for start in range(0, len(rows), 10):  # 10-second windows: the latency over time
+        chunk = rows[start:start + 10]
+        p95 = [float(r["p95_ms"]) for r in chunk if r["p95_ms"] not in ("", "nan")]
+        windows.append({"from_s": int(chunk[0]["second"]), "requests": sum(int(r["requests"]) for r in chunk),
+                        "p95_ms_max": max(p95) if p95 else None})
+    roles = sorted({k for row in memory for k in row if k != "second"})
+    mem = {role: {"first_mib": next((r[role] for r in memory if role in r), None),
+                  "peak_mib": max((r.get(role, 0) for r in memory), default=None),
+                  "last_mib": next((r[role] for r in reversed(memory) if role in r), None)} for role in roles}
+    return {"users": args.users, "duration": args.duration, "status_histogram": dict(sorted(statuses.items())),
+            "requests": sum(statuses.values()), "windows_10s": windows, "memory_mib": mem,
+            "healthz_after_s": round(healthz_after_s, 2)}
+
+
+def markdown(summary: dict) -> str:
+    lines = [f"# Soak test: {summary['users']} users for {summary['duration']}", "",
+             f"Requests: {summary['requests']}; status histogram: {summary['status_histogram']}; "
+             f"/healthz 200 again {summary['healthz_after_s']} s after the load stopped.", "",
+             "| window from (s) | requests | max p95 per second (ms) |", "|---|---|---|"]
+    lines += [f"| {w['from_s']} | {w['requests']} | {w['p95_ms_max']} |" for w in summary["windows_10s"]]
+    lines += ["", "| process role | RSS first (MiB) | peak | last |", "|---|---|---|---|"]
+    lines += [f"| {role} | {m['first_mib']} | {m['peak_mib']} | {m['last_mib']} |"
+              for role, m in summary["memory_mib"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=str(ROOT / "serve_config.yaml"))
+    parser.add_argument("--bundle", help="bundle folder (default: artifacts/demo-bundle, else a tiny test bundle)")
+    parser.add_argument("--users", type=int, default=16)
+    parser.add_argument("--spawn-rate", type=float, default=4)
+    parser.add_argument("--duration", default="60s", help="Locust --run-time, e.g. 60s or 10m")
+    parser.add_argument("--num-cpus", type=float, default=None, help="logical CPUs for Ray (default: the machine's)")
+    parser.add_argument("--out", default=str(ROOT / "bench-results" / "loadtest"))
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+    import ray
+    from ray import serve
+
+    from deployments.app import build_app
+
+    bundle = pick_bundle(args.bundle, out)
+    # address="local": always a new private cluster, never one found on the machine.
+    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False,
+             _node_ip_address="127.0.0.1")
+    sampler = MemorySampler()
+    try:
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        url = f"http://127.0.0.1:{port}"
+        serve.run(build_app(app_args(Path(args.config), bundle)), name=APP, route_prefix="/")
+        wait_healthy(url, 300)
+        print(f"serving {bundle} at {url}; load: {args.users} users for {args.duration}", flush=True)
+        sampler.start()
+        timeline = out / "timeline.csv"
+        env = {**os.environ, "LOADTEST_TIMELINE": str(timeline)}
+        subprocess.run(
+            [sys.executable, "-m", "locust", "-f", str(Path(__file__).with_name("locustfile.py")), "--headless",
+             "--host", url, "-u", str(args.users), "-r", str(args.spawn_rate), "--run-time", args.duration,
+             "--csv", str(out / "locust"), "--csv-full-history", "--only-summary", "--stop-timeout", "10",
+             "--exit-code-on-error", "0"],
+            env=env, check=True, timeout=24 * 3600,
+        )
+        healthz_after_s = wait_healthy(url, 60)
+        time.sleep(2 * sampler.interval_s)  # one more memory sample after the load
+        sampler.stop()
+        summary = summarize(timeline, sampler.rows, healthz_after_s, args)
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        with (out / "memory.csv").open("w", newline="") as f:
+            fields = ["second"] + sorted({k for r in sampler.rows for k in r if k != "second"})
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(sampler.rows)
+        (out / "summary.md").write_text(markdown(summary))
+        print(markdown(summary))
+        bad = {s: n for s, n in summary["status_histogram"].items() if s not in ("200", "503")}
+        return 1 if bad else 0
+    finally:
+        if sampler.is_alive():
+            sampler.stop()
+        serve.shutdown()
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
