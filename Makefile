@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install system-deps run test demo-model bench bench-quick bench-gpu loadtest cluster-manifests multinode clean
+.PHONY: install system-deps run test demo-model bench bench-quick bench-gpu loadtest cluster-manifests cluster-check multinode image image-cpu clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,24 @@ bench-quick: install
 
 bench-gpu: install
 	$(BIN)/python -m benchmarks.run --gpu
+
+IMAGE_REGISTRY ?= localhost:5000
+
+cluster-manifests: install
+	$(BIN)/python -m cluster.generate
+
+cluster-check: install
+	$(BIN)/python -m cluster.generate --check
+	$(BIN)/python -m pytest -q tests/test_cluster_manifests.py
+
+multinode: install
+	$(BIN)/python -m pytest -q -s tests/test_multinode.py
+
+image:
+	DOCKER_BUILDKIT=1 docker build -f cluster/Dockerfile -t $(IMAGE_REGISTRY)/multimodal-sentiment-serve:0.1.0-ray2.60.0-py311-gpu .
+
+image-cpu:
+	DOCKER_BUILDKIT=1 docker build -f cluster/Dockerfile --build-arg FLAVOUR=cpu -t $(IMAGE_REGISTRY)/multimodal-sentiment-serve:0.1.0-ray2.60.0-py311-cpu .
 
 clean:
 	rm -rf $(VENV) test-artifacts bench-results .pytest_cache

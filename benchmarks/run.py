@@ -51,9 +51,11 @@ def parse_args(argv=None):
     p.add_argument("--config", type=Path, help="serve config to derive from (default serve_config[.gpu].yaml)")
     p.add_argument("--concurrency", default="1,4,16,64", help="comma-separated client concurrencies for (c)")
     p.add_argument("--duration", type=float, help="seconds per concurrency level")
-    p.add_argument("--set", action="append", default=[], metavar="DEPLOYMENT.KEY=VALUE",
-                   help="override the derived serve config, e.g. AudioEncoder.ray_actor_options.num_cpus=1 "
-                        "(VALUE is YAML; repeatable). For trying settings; the report records them.")
+    p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
+                   help="override the derived serve config: Deployment.key..., app.key... or a top-level "
+                        "key, e.g. AudioEncoder.ray_actor_options.num_cpus=1 or "
+                        "logging_config.enable_access_log=false (VALUE is YAML; repeatable). For trying "
+                        "settings; the report records them.")
     p.add_argument("--ray-cpus", type=int, help="CPUs the Ray head advertises (default: this machine's cores)")
     p.add_argument("--pythonpath", help="prepended to the Ray workers' PYTHONPATH, to measure a modified copy "
                                         "of deployments/ or model/ without touching the tree")

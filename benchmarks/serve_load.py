@@ -71,14 +71,23 @@ def worker_port_window(size: int = 200) -> tuple[int, int]:
 # ---- the served config ----------------------------------------------------------
 
 
+TOP_LEVEL_KEYS = ("proxy_location", "http_options", "grpc_options", "logging_config")
+
+
 def set_path(tree: dict, dotted: str, value) -> None:
-    """``Deployment.key.sub=value`` overrides; a deployment is addressed by name."""
+    """Overrides: ``Deployment.key.sub=value`` (a deployment by name), ``app.key=value``
+    (the application), or a top-level key such as ``logging_config.enable_access_log=false``."""
     name, *keys = dotted.split(".")
     app = tree["applications"][0]
-    target = next((d for d in app.setdefault("deployments", []) if d["name"] == name), None)
-    if target is None:
-        target = {"name": name}
-        app["deployments"].append(target)
+    if name in TOP_LEVEL_KEYS:
+        target, keys = tree, [name, *keys]
+    elif name == "app":
+        target = app
+    else:
+        target = next((d for d in app.setdefault("deployments", []) if d["name"] == name), None)
+        if target is None:
+            target = {"name": name}
+            app["deployments"].append(target)
     for key in keys[:-1]:
         target = target.setdefault(key, {})
     target[keys[-1]] = value

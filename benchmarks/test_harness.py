@@ -56,6 +56,10 @@ def test_derived_config_keeps_the_real_deployments_and_applies_overrides(tmp_pat
     assert {"Driver", "TextEncoder", "AudioEncoder", "FusionHead"} <= set(names)
     text = next(d for d in app["deployments"] if d["name"] == "TextEncoder")
     assert text["user_config"] == {"max_batch_size": 1}  # replaced, like Serve does
+    config = derive_config(ROOT / "serve_config.yaml", tmp_path, 1, {"logging_config.enable_access_log": False,
+                                                                     "app.args.settings.ui": False})
+    assert config["logging_config"]["enable_access_log"] is False
+    assert config["applications"][0]["args"]["settings"]["ui"] is False
 
 
 def test_process_roles_from_ray_titles():
