@@ -9,6 +9,7 @@ middleware). Handlers never pick status codes themselves.
 from __future__ import annotations
 
 import logging
+import traceback
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -124,12 +125,14 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 def error_response(exc: Exception, request_id: str | None) -> JSONResponse:
     """The one place an exception becomes an HTTP response."""
     status, code, message, headers = status_for(exc)
-    if status >= 500:
-        # Only the type and our own message: exception text from deep inside a
-        # tokenizer or decoder may quote the input, which must not reach the logs.
-        logger.error("request %s failed: %s: %s", request_id, type(exc).__name__,
-                     message if isinstance(exc, ServiceError) else "(see traceback)",
-                     exc_info=status == 500)
+    if status == 500:
+        # A bug. Logged as its type and stack frames only: the text of an exception
+        # from deep inside a tokenizer or decoder may quote the input, which must
+        # never reach the logs.
+        frames = "".join(traceback.format_tb(exc.__traceback__))
+        logger.error("request %s failed: %s (message withheld)\n%s", request_id, type(exc).__name__, frames)
+    elif status >= 500:
+        logger.error("request %s failed: %s", request_id, message)
     if request_id:
         headers["X-Request-ID"] = request_id
     return JSONResponse(error_body(code, message, request_id), status_code=status, headers=headers)

@@ -13,13 +13,13 @@ from typing import Optional
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from starlette.datastructures import MutableHeaders
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.config import BackpressureConfig
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
+from starlette.datastructures import MutableHeaders
 from transformers import AutoConfig, AutoFeatureExtractor
 
 from deployments import api
@@ -30,11 +30,13 @@ from model.bundle import Bundle
 logger = logging.getLogger("ray.serve")
 
 # A replica that died or is unreachable. Encoders and fusion are pure functions of
-# their input, so a request that hit one is safe to send again. Ray 2.60 raises these
-# (ActorDiedError and ActorUnavailableError are RayActorError subclasses) directly,
-# wrapped in a RayTaskError, or, when the dead replica produced an argument of a
-# chained call (the audio features passed to FusionHead), as a RayServeException
-# whose __cause__ is the ActorDiedError: ``failure_in`` looks through all three.
+# their input, so a request that hit one is safe to send again. ActorDiedError and
+# ActorUnavailableError are RayActorError subclasses. Killing replicas under load
+# (tests/test_reliability.py) showed the driver ActorDiedError itself and, for the
+# audio features passed on to FusionHead, RayTaskError(ActorDiedError); Ray 2.60's
+# router may also report a dead producer of an argument as a RayServeException
+# whose __cause__ is the ActorDiedError. ``failure_in`` looks through all three.
+# Serve's router resends many such requests on its own before the driver sees them.
 RETRYABLE = (RayActorError,)
 
 # Paths served without the API key: the liveness probe Kubernetes and Serve use.
@@ -171,12 +173,24 @@ class EdgeMiddleware:
                 too_large = api.PayloadTooLarge(f"request body exceeds the limit of {cap} bytes")
                 return await api.error_response(too_large, request_id)(scope, receive, send)
 
+        started = False
+
         async def send_with_id(message):
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 MutableHeaders(scope=message)["X-Request-ID"] = request_id
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            # A bug (bad input never gets here). Answered here, rather than by
+            # Starlette's last-resort handler that re-raises it for Serve to log
+            # with its message, which could quote the input.
+            if started:
+                raise
+            await api.error_response(exc, request_id)(scope, receive, send)
 
     @staticmethod
     async def _buffered(receive, cap: int):

@@ -67,7 +67,8 @@ def role_of(proc: psutil.Process) -> str | None:
     with contextlib.suppress(psutil.Error):
         title = " ".join(proc.cmdline())
         if title.startswith("ray::ServeReplica:"):
-            return title.split()[0].split(":")[-1].split("#")[-1]
+            # "ray::ServeReplica:<app>:<Deployment>", with ".<method>" appended while busy.
+            return title.split()[0].split(":")[-1].split(".")[0]
         if title.startswith("ray::ProxyActor"):
             return "Proxy"
         if title.startswith("ray::ServeController"):
@@ -80,12 +81,12 @@ class MemorySampler(threading.Thread):
 
     def __init__(self, interval_s: float = 2.0):
         super().__init__(daemon=True)
-        self.interval_s, self.rows, self._stop = interval_s, [], threading.Event()
-        self._t0 = time.monotonic()
+        self.interval_s, self.rows, self._halt = interval_s, [], threading.Event()
 
     def run(self) -> None:
+        self._t0 = time.monotonic()
         me = psutil.Process()
-        while not self._stop.wait(self.interval_s):
+        while not self._halt.wait(self.interval_s):
             totals: dict[str, float] = collections.defaultdict(float)
             for proc in me.children(recursive=True):
                 role = role_of(proc)
@@ -95,7 +96,7 @@ class MemorySampler(threading.Thread):
             self.rows.append({"second": round(time.monotonic() - self._t0), **{k: round(v) for k, v in totals.items()}})
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=10)
 
 

@@ -154,6 +154,18 @@ def driver_log_lines(pattern: str) -> list[str]:
             for line in path.read_text(errors="replace").splitlines() if pattern in line]
 
 
+def driver_rss_mib() -> float:
+    """Resident memory of this app's Driver replica processes (same machine), summed."""
+    import psutil
+
+    total = 0
+    for proc in psutil.process_iter(["cmdline", "memory_info"]):
+        cmdline = proc.info["cmdline"] or []
+        if cmdline and cmdline[0].startswith(f"ray::ServeReplica:{APP}:Driver"):
+            total += proc.info["memory_info"].rss
+    return total / 2**20
+
+
 def wait_healthz(url: str, timeout_s: float) -> float:
     start = time.monotonic()
     while time.monotonic() - start < timeout_s:
@@ -315,8 +327,10 @@ def test_burst_far_above_capacity_gets_fast_503s_and_health_returns(app_url):
                 return r.status_code, time.monotonic() - start, r.headers.get("retry-after"), source
             return await asyncio.gather(*(one(i) for i in range(200)))
 
+    rss_before = driver_rss_mib()
     results = asyncio.run(burst())
     ended = time.monotonic()
+    rss_after = driver_rss_mib()
     histogram = collections.Counter(status for status, *_ in results)
     sources = collections.Counter(source for status, *_, source in results if status == 503)
     rejected = sorted(seconds for status, seconds, *_ in results if status == 503)
@@ -325,8 +339,9 @@ def test_burst_far_above_capacity_gets_fast_503s_and_health_returns(app_url):
           f"{rejected[len(rejected) // 2] if rejected else float('nan'):.2f} s max "
           f"{rejected[-1] if rejected else float('nan'):.2f} s, "
           f"200 latency max {max(s for st, s, *_ in results if st == 200):.2f} s, 503s from {dict(sources)}, "
-          f"healthz 200 after {healthz_s:.2f} s")
+          f"healthz 200 after {healthz_s:.2f} s, driver RSS {rss_before:.0f} -> {rss_after:.0f} MiB")
     assert set(histogram) <= {200, 503}
+    assert rss_before > 0 and rss_after - rss_before < 200, "the burst grew the drivers' memory"
     assert histogram[200] > 0 and histogram[503] > 0
     assert all(retry for status, _, retry, _ in results if status == 503), "a 503 without Retry-After"
     assert time.monotonic() - ended < 5.0
