@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from transformers import AutoFeatureExtractor, AutoModel
+from transformers import AutoFeatureExtractor
 
-from model.device import inference_dtype, pick_device
+from model.device import load_pretrained_model, pick_device
 from model.features import EncodedBatch
 
 
@@ -17,13 +17,7 @@ class AudioEncoder:
         self.name_or_path = name_or_path
         self.device = pick_device(device)
         self.feature_extractor = AutoFeatureExtractor.from_pretrained(name_or_path, trust_remote_code=False)
-        self.model = AutoModel.from_pretrained(
-            name_or_path,
-            trust_remote_code=False,
-            use_safetensors=True,
-            dtype=inference_dtype(self.device),
-        ).to(self.device)
-        self.model.eval()
+        self.model = load_pretrained_model(name_or_path, self.device)
         # Checkpoints with group-norm feature encoders (e.g. wav2vec2-base) were trained
         # without attention masks; passing one changes their output. Those get no mask,
         # and callers keep padding small by batching similar lengths together.

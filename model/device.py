@@ -16,3 +16,13 @@ def inference_dtype(device: torch.device) -> torch.dtype:
     """Half precision on GPUs (encoders are numerically safe in fp16); fp32 on CPU,
     where fp16 matmuls are slower, not faster."""
     return torch.float16 if device.type == "cuda" else torch.float32
+
+
+def load_pretrained_model(name_or_path: str, device: torch.device):
+    """An encoder by hub id or folder: safetensors only, never remote code, in eval mode."""
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(
+        name_or_path, trust_remote_code=False, use_safetensors=True, dtype=inference_dtype(device)
+    )
+    return model.to(device).eval()

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoTokenizer
 
-from model.device import inference_dtype, pick_device
+from model.device import load_pretrained_model, pick_device
 from model.features import EncodedBatch
 
 
@@ -20,13 +20,7 @@ class TextEncoder:
         self.max_length = max_length
         self.device = pick_device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
-        self.model = AutoModel.from_pretrained(
-            name_or_path,
-            trust_remote_code=False,
-            use_safetensors=True,
-            dtype=inference_dtype(self.device),
-        ).to(self.device)
-        self.model.eval()
+        self.model = load_pretrained_model(name_or_path, self.device)
 
     @property
     def hidden_size(self) -> int:

@@ -5,6 +5,7 @@ code and a message, never a 500, a hang or a dead replica."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import json
 import time
@@ -249,8 +250,6 @@ def test_api_never_answers_5xx_to_arbitrary_bodies(client, body, content_type):
 @given(text=st.none() | st.text(max_size=320), audio=st.none() | http_audio, as_multipart=st.booleans(),
        explain=st.booleans())
 def test_api_never_answers_5xx_to_well_formed_requests_with_bad_content(client, text, audio, as_multipart, explain):
-    import base64
-
     if as_multipart:
         files = {"audio": ("clip.bin", audio)} if audio is not None else None
         data = {"explain": str(explain).lower(), **({"text": text} if text is not None else {})}
@@ -265,6 +264,38 @@ def test_api_never_answers_5xx_to_well_formed_requests_with_bad_content(client, 
         r = client.post("/v1/predict", content=json.dumps(payload).encode(),
                         headers={"content-type": "application/json"})
     check_answer(r)
+
+
+def _wav(rate: int = 16_000, seconds: float = 0.5, channels: int = 1, subtype: str = "PCM_16", value=0.1) -> bytes:
+    samples = np.full((int(rate * seconds), channels), 0.1, dtype="float32")
+    if value is not None and len(samples):
+        samples[len(samples) // 2, 0] = value
+    return encoded(samples, rate, "WAV", subtype)
+
+
+NAMED_BAD_AUDIO = [  # (what, bytes, status, code): the cases the README's table names
+    ("random bytes", bytes(range(256)) * 8, 422, "audio_undecodable"),
+    ("a PDF", b"%PDF-1.7\n1 0 obj << /Type /Catalog >> endobj\n" * 20, 422, "audio_undecodable"),
+    ("a truncated header", SEEDS[0][:30], 422, "audio_undecodable"),
+    ("0 samples", _wav(seconds=0.0), 422, "audio_empty"),
+    ("too short (20 ms)", _wav(seconds=0.02), 422, "audio_too_short"),
+    ("NaN samples", _wav(subtype="FLOAT", value=np.nan), 422, "audio_non_finite"),
+    ("infinite samples", _wav(subtype="FLOAT", value=np.inf), 422, "audio_non_finite"),
+    ("3 channels", _wav(channels=3), 422, "audio_format_not_allowed"),
+    ("96 kHz", _wav(rate=96_000), 422, "audio_format_not_allowed"),
+    ("an odd rate (22,819 Hz)", _wav(rate=22_819), 422, "audio_format_not_allowed"),
+    ("an AIFF file", encoded(np.zeros(8_000, dtype="float32"), 16_000, "AIFF", "PCM_16"), 422, "audio_undecodable"),
+    ("4 s (limit 3 s)", _wav(seconds=4.0), 413, "audio_too_long"),
+    ("over max_audio_bytes (144 KB)", _wav(rate=24_000, seconds=3.0), 413, "audio_too_large"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("what,audio,status,code", NAMED_BAD_AUDIO, ids=[c[0] for c in NAMED_BAD_AUDIO])
+def test_named_bad_audio_gets_its_documented_code(client, what, audio, status, code):
+    for r in (client.post("/v1/predict", files={"audio": ("clip", audio)}),
+              client.post("/v1/predict", json={"audio": base64.b64encode(audio).decode()})):
+        assert (r.status_code, r.json()["error"]["code"]) == (status, code), (what, r.text[:200])
 
 
 @pytest.mark.slow
