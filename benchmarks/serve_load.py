@@ -630,7 +630,7 @@ def summarize_collapsed(text: str, top: int = 15) -> dict:
             continue
         n = int(count)
         frames = [_frame_label(f) for f in stack.split(";") if f]
-        if frames and frames[-1].startswith(WAIT_LEAVES):
+        if frames and any(wait in frames[-1] for wait in WAIT_LEAVES):
             waiting += n
             continue
         total += n

@@ -133,8 +133,7 @@ def error_response(exc: Exception, request_id: str | None) -> JSONResponse:
         logger.error("request %s failed: %s (message withheld)\n%s", request_id, type(exc).__name__, frames)
     elif status >= 500:
         logger.error("request %s failed: %s", request_id, message)
-    if request_id:
-        headers["X-Request-ID"] = request_id
+    # No X-Request-ID header here: Serve's proxy adds it to every response (same id).
     return JSONResponse(error_body(code, message, request_id), status_code=status, headers=headers)
 
 

@@ -19,7 +19,6 @@ from ray.exceptions import RayActorError
 from ray.serve.config import BackpressureConfig
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
-from starlette.datastructures import MutableHeaders
 from transformers import AutoConfig, AutoFeatureExtractor
 
 from deployments import api
@@ -173,17 +172,16 @@ class EdgeMiddleware:
                 too_large = api.PayloadTooLarge(f"request body exceeds the limit of {cap} bytes")
                 return await api.error_response(too_large, request_id)(scope, receive, send)
 
+        # Serve's proxy adds the X-Request-ID response header itself (the same id).
         started = False
 
-        async def send_with_id(message):
+        async def send_tracked(message):
             nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-                MutableHeaders(scope=message)["X-Request-ID"] = request_id
+            started = started or message["type"] == "http.response.start"
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, send_tracked)
         except Exception as exc:
             # A bug (bad input never gets here). Answered here, rather than by
             # Starlette's last-resort handler that re-raises it for Serve to log
@@ -241,6 +239,10 @@ app.add_middleware(EdgeMiddleware)
     max_ongoing_requests=64,
     max_queued_requests=128,
     backpressure_config=BackpressureConfig(status_code=503, retry_after_s=1),
+    # A replica being replaced (redeploy, scale-down) drains its requests first.
+    # Longer than request_timeout_s (30 s), so draining never cuts one short: the
+    # default 20 s did, when a redeploy also replaced the models it was waiting on.
+    graceful_shutdown_timeout_s=45,
 )
 @serve.ingress(app)
 class Driver:

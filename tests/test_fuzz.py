@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from deployments.api import Limits, ServiceError, status_for
@@ -106,7 +106,10 @@ def test_decode_audio_enforces_every_limit(rate, channels, seconds, fmt, special
     samples = np.full((frames, channels), 0.1, dtype="float32")
     if special is not None and frames and fmt[1] == "FLOAT":
         samples[frames // 2, 0] = special
-    data = encoded(samples, rate, *fmt)
+    try:
+        data = encoded(samples, rate, *fmt)
+    except sf.LibsndfileError:
+        assume(False)  # a rate the writer itself refuses (FLAC stops at 65,535 Hz): no file to test
     waveform = check_decoded_or_refused(data)
     in_limits = (LIMITS.min_sample_rate <= rate <= LIMITS.max_sample_rate and rate in LIMITS.sample_rates
                  and channels <= LIMITS.max_channels
@@ -227,7 +230,7 @@ def check_answer(r: httpx.Response) -> None:
     if r.status_code != 200:
         error = r.json()["error"]
         assert error["code"] in DOCUMENTED_CODES and error["message"], error
-        assert r.headers["x-request-id"]
+    assert r.headers["x-request-id"] and "," not in r.headers["x-request-id"]  # one id, set once
 
 
 http_audio = st.one_of(
