@@ -57,8 +57,9 @@ def parse_args(argv=None):
                         "logging_config.enable_access_log=false (VALUE is YAML; repeatable). For trying "
                         "settings; the report records them.")
     p.add_argument("--ray-cpus", type=int, help="CPUs the Ray head advertises (default: this machine's cores)")
-    p.add_argument("--pythonpath", help="prepended to the Ray workers' PYTHONPATH, to measure a modified copy "
-                                        "of deployments/ or model/ without touching the tree")
+    p.add_argument("--pythonpath", help="a folder holding a modified copy of deployments/ (and/or model/): "
+                                        "`serve run` runs there and Ray workers import from it first, to "
+                                        "measure a change without touching the tree")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: inprocess, served, scenario")
     p.add_argument("--profile", action="store_true", help="py-spy the replicas during an extra concurrency-16 level")
     return p.parse_args(argv)
@@ -183,11 +184,12 @@ def run_served(results, args, bundle_path, mixed, short, mode, concurrencies, ou
         num_gpus = torch.cuda.device_count()
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [args.pythonpath, os.environ.get("PYTHONPATH")]))} \
         if args.pythonpath else {}
+    code_dir = Path(args.pythonpath).resolve() if args.pythonpath else None
     served: dict = {"config_file": str(config_path), "port": port, "levels": []}
     results["served"] = served
     log(f"(c) starting Ray and `serve run` ({config_path.name})")
     system = serve_load.start_system(config, out, args.ray_cpus or os.cpu_count() or 1, num_gpus,
-                                     mode["health_timeout_s"], env)
+                                     mode["health_timeout_s"], env, code_dir=code_dir)
     served["startup_s"] = round(system.startup_s, 1)
     try:
         # Warm-up (not recorded): first requests pay for lazy initialisation in every process.

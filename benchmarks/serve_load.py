@@ -295,6 +295,9 @@ class RayHead:
     num_gpus: int | None = None
     env: dict = field(default_factory=dict)
     log_dir: Path | None = None
+    # Where `serve run` runs. Ray puts the driver's working directory first on every
+    # worker's sys.path, so a modified copy of deployments/ is only picked up from here.
+    code_dir: Path | None = None
     proc: subprocess.Popen | None = field(default=None, init=False)
 
     def start(self) -> "RayHead":
@@ -385,7 +388,7 @@ def serve_run(head: RayHead, config: dict, path: Path, timeout_s: float = 180) -
     with open(log_path, "w") as log:
         proc = subprocess.Popen([str(BIN / "serve"), "run", "--non-blocking", "--address", head.address, str(path)],
                                 env=head.child_env(), stdout=log, stderr=subprocess.STDOUT,
-                                cwd=Path(__file__).resolve().parent.parent)
+                                cwd=head.code_dir or Path(__file__).resolve().parent.parent)
         while proc.poll() is None:
             if time.perf_counter() - start > timeout_s or not head.alive():
                 proc.kill()
@@ -552,8 +555,8 @@ class ServedSystem:
 
 
 def start_system(config: dict, workdir: Path, num_cpus: int, num_gpus: int | None, health_timeout_s: float,
-                 env: dict | None = None, poll_status: bool = True) -> ServedSystem:
-    head = start_head(num_cpus, num_gpus, env or {}, workdir)
+                 env: dict | None = None, poll_status: bool = True, code_dir: Path | None = None) -> ServedSystem:
+    head = start_head(num_cpus, num_gpus, env or {}, workdir, code_dir)
     try:
         config_path = workdir / "serve_config.bench.yaml"
         start = time.perf_counter()
@@ -570,10 +573,11 @@ def start_system(config: dict, workdir: Path, num_cpus: int, num_gpus: int | Non
         raise
 
 
-def start_head(num_cpus: int, num_gpus: int | None, env: dict, workdir: Path, attempts: int = 3) -> RayHead:
+def start_head(num_cpus: int, num_gpus: int | None, env: dict, workdir: Path, code_dir: Path | None = None,
+               attempts: int = 3) -> RayHead:
     """A Ray head; on a loaded machine its startup sometimes times out, so it is retried."""
     for attempt in range(1, attempts + 1):
-        head = RayHead(num_cpus=num_cpus, num_gpus=num_gpus, env=env, log_dir=workdir)
+        head = RayHead(num_cpus=num_cpus, num_gpus=num_gpus, env=env, log_dir=workdir, code_dir=code_dir)
         try:
             return head.start()
         except (RuntimeError, TimeoutError):

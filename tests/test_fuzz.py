@@ -68,7 +68,7 @@ def check_decoded_or_refused(data: bytes, limits: AudioLimits = LIMITS) -> torch
     return waveform
 
 
-FUZZ = settings(deadline=None, max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(deadline=None, max_examples=100, suppress_health_check=[HealthCheck.too_slow])
 
 
 @FUZZ

@@ -205,11 +205,11 @@ def test_killing_a_replica_under_load_fails_few_requests_and_recovers(app_url, b
     before = replica_actors(deployment)
     retries_before = len(driver_log_lines("(attempt"))
     with Load(f"{app_url}/v1/predict", body) as load:
-        time.sleep(3)
+        time.sleep(2)
         killed_at = time.monotonic()
         ray.kill(ray.get_actor(before[0], namespace="serve"))
         replaced_s = wait_replaced(deployment, before)
-        time.sleep(3)
+        time.sleep(2)  # and traffic keeps flowing once the replacement serves
     total = len(load.records)
     in_flight = sum(1 for start, end, _ in load.records if start < killed_at < end)
     failed = [(start - killed_at, status) for start, _, status in load.records if status != 200]

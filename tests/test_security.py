@@ -211,13 +211,17 @@ def raw_get(url: str, path: str, headers: dict) -> tuple[int, bytes]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", TRAVERSALS)
-def test_gradio_serves_no_file_outside_its_uploads(url, tiny_bundle, path):
+def test_gradio_serves_no_file_outside_its_uploads(url, path):
     status, body = raw_get(url, path, BEARER)
     assert status >= 400, (status, body[:200])
     assert b"root:" not in body and KEY.encode() not in body
-    # Nor a file of ours, named outright.
-    status, body = raw_get(url, f"/gradio_api/file={tiny_bundle / 'bundle.json'}", BEARER)
-    assert status >= 400 and b"tiny-test" not in body
+
+
+@pytest.mark.slow
+def test_gradio_serves_none_of_our_files_named_outright(url, tiny_bundle):
+    for name in ("bundle.json", "fusion.safetensors", "text_encoder/config.json"):
+        status, body = raw_get(url, f"/gradio_api/file={tiny_bundle / name}", BEARER)
+        assert status >= 400 and b"tiny-test" not in body, (name, status)
 
 
 def upload(url: str, content, headers: dict | None = None) -> httpx.Response:
