@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install system-deps run test demo-model bench bench-quick bench-gpu loadtest cluster-manifests cluster-check multinode image image-cpu clean
+.PHONY: install system-deps run test demo-model bench bench-quick bench-gpu loadtest cluster-manifests cluster-check multinode image image-cpu audit clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -71,6 +71,16 @@ image:
 
 image-cpu:
 	DOCKER_BUILDKIT=1 docker build -f cluster/Dockerfile --build-arg FLAVOUR=cpu -t $(IMAGE_REGISTRY)/multimodal-sentiment-serve:0.1.0-ray2.60.0-py311-cpu .
+
+loadtest: install
+	$(BIN)/python -m loadtest.run --users $(or $(USERS),16) --duration $(or $(DURATION),60s)
+
+# pip-audit in its own venv; --strict fails when a package could not be audited.
+audit:
+	$(PYTHON) -m venv .venv-audit
+	.venv-audit/bin/pip install --quiet pip-audit==2.10.1
+	$(BIN)/pip freeze --exclude-editable > .venv-audit/requirements.lock
+	.venv-audit/bin/pip-audit -r .venv-audit/requirements.lock --no-deps --disable-pip --strict
 
 clean:
 	rm -rf $(VENV) test-artifacts bench-results .pytest_cache

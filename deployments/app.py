@@ -41,7 +41,9 @@ def resolve_bundle(path: str) -> Path:
 def build_app(args: dict) -> Application:
     parsed = AppArgs(**(args or {}))
     bundle_path = resolve_bundle(parsed.bundle)
-    Bundle.load(bundle_path)  # fail the deploy now, with a clear message, if the bundle is bad
+    # Fail the deploy now, with a clear message, if the bundle or its weights are bad,
+    # before any replica starts.
+    Bundle.load(bundle_path).load_fusion()
     path = str(bundle_path)
 
     def configured(deployment):

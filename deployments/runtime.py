@@ -10,6 +10,7 @@ import os
 import ray
 import torch
 from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
 
 logger = logging.getLogger("ray.serve")
 
@@ -138,8 +139,6 @@ class ModelReplica:
                 for param in module.parameters():
                     param.fill_(float("nan"))
         logger.warning("fault injected: %s", kind)
-        from ray import serve
-
         return serve.get_replica_context().replica_tag
 
     def _torch_modules(self) -> list[torch.nn.Module]:

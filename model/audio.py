@@ -18,6 +18,7 @@ from model.errors import (
     AudioNonFiniteError,
     AudioTooLargeError,
     AudioTooLongError,
+    AudioTooShortError,
 )
 
 
@@ -35,12 +36,6 @@ STANDARD_SAMPLE_RATES = frozenset({8_000, 11_025, 12_000, 16_000, 22_050, 24_000
 # Float WAV/FLAC samples far outside full scale are not audio; they are also large
 # enough to overflow float32 statistics in the feature extractor. Clip to this peak.
 MAX_ABS_SAMPLE = 1.0
-
-
-class AudioTooShortError(AudioEmptyError):
-    # Lives here until model/errors.py grows it; an AudioEmptyError, so callers
-    # that catch that (or ModelInputError) need no change.
-    code = "audio_too_short"
 
 
 @dataclass(frozen=True)

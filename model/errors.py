@@ -19,6 +19,12 @@ class AudioEmptyError(ModelInputError):
     code = "audio_empty"
 
 
+class AudioTooShortError(AudioEmptyError):
+    """Shorter than the audio encoder's receptive field."""
+
+    code = "audio_too_short"
+
+
 class AudioNonFiniteError(ModelInputError):
     code = "audio_non_finite"
 

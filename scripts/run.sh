@@ -12,6 +12,9 @@ PORT=${RAY_GCS_PORT:-6380}
 "$BIN/ray" get-auth-token --generate >/dev/null
 export RAY_AUTH_MODE=token
 export RAY_ADDRESS=127.0.0.1:$PORT
+# Without this, Ray replaces --node-ip-address=127.0.0.1 with the machine's address
+# and GCS, raylet and the dashboard agent listen on every interface.
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 
 TEMP_DIR=$(mktemp -d /tmp/ray-run.XXXXXX)
 "$BIN/ray" start --head --node-ip-address=127.0.0.1 --port="$PORT" \
