@@ -75,7 +75,7 @@ def main(argv=None) -> Path:
     skip = set(filter(None, args.skip.split(",")))
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     started = dt.datetime.now()
-    out = args.out or ROOT / "bench-results" / started.strftime("%Y%m%d-%H%M%S")
+    out = (args.out or ROOT / "bench-results" / started.strftime("%Y%m%d-%H%M%S")).resolve()
     out.mkdir(parents=True, exist_ok=True)
 
     import torch
@@ -194,9 +194,11 @@ def run_served(results, args, bundle_path, mixed, short, mode, concurrencies, ou
     try:
         # Warm-up (not recorded): first requests pay for lazy initialisation in every process.
         system.run_level(mixed, 4, mode["warmup_s"], 0, timeout_s, "warm-up")
+        weights = work_weights(results, len(mixed))
+        served["work_weights"] = weights
         for c in concurrencies:
             log(f"(c) concurrency {c} for {mode['duration_s']:.0f} s")
-            level = system.run_level(mixed, c, mode["duration_s"], mode["warmup_s"], timeout_s, f"c={c}")
+            level = system.run_level(mixed, c, mode["duration_s"], mode["warmup_s"], timeout_s, f"c={c}", weights)
             served["levels"].append(level)
             log(f"(c) c={c}: {level['throughput_rps']:.2f} rps p50 {level['p50_ms']} ms p99 {level['p99_ms']} ms "
                 f"errors {level['errors']}")
@@ -220,6 +222,15 @@ def run_served(results, args, bundle_path, mixed, short, mode, concurrencies, ou
         log("(c) Ray stopped")
 
 
+def work_weights(results: dict, n: int) -> list[float] | None:
+    """Each mixed request's cost relative to the mean: its in-process service time from (b)."""
+    service = (results.get("seed") or {}).get("service_s")
+    if not service or len(service) != n:
+        return None
+    mean = sum(service) / n
+    return [round(s / mean, 4) for s in service]
+
+
 def text_batching_scenario(system, config, short, mode, timeout_s, out) -> dict:
     """Text-only short texts at concurrency 16: TextEncoder batching as configured, then off."""
     from benchmarks import serve_load
@@ -241,5 +252,13 @@ def text_batching_scenario(system, config, short, mode, timeout_s, out) -> dict:
     return runs
 
 
+def _interrupt(signum, frame):
+    # SIGTERM (e.g. a CI timeout) unwinds like Ctrl-C, so the Ray head is always stopped.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 if __name__ == "__main__":
+    import signal
+
+    signal.signal(signal.SIGTERM, _interrupt)
     main()

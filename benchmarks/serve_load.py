@@ -386,7 +386,8 @@ def serve_run(head: RayHead, config: dict, path: Path, timeout_s: float = 180) -
     start = time.perf_counter()
     log_path = path.with_suffix(".serve-run.log")
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([str(BIN / "serve"), "run", "--non-blocking", "--address", head.address, str(path)],
+        proc = subprocess.Popen([str(BIN / "serve"), "run", "--non-blocking", "--address", head.address,
+                                 str(path.resolve())],
                                 env=head.child_env(), stdout=log, stderr=subprocess.STDOUT,
                                 cwd=head.code_dir or Path(__file__).resolve().parent.parent)
         while proc.poll() is None:
@@ -438,8 +439,8 @@ async def closed_loop(url: str, requests: list[Request], concurrency: int, durat
     """``concurrency`` clients, each sending its next request when the last one answers,
     until ``duration_s`` has passed; in-flight requests then finish (drain).
 
-    Returns records (start_s, end_s, status, kind) relative to the start, and the
-    moment the last request finished.
+    Returns records (start_s, end_s, status, kind, index) relative to the start, and
+    the moment the last request finished.
     """
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     records: list[tuple] = []
@@ -460,25 +461,33 @@ async def closed_loop(url: str, requests: list[Request], concurrency: int, durat
                     status = "client_timeout"
                 except httpx.HTTPError as exc:
                     status = type(exc).__name__
-                records.append((start - t0, time.perf_counter() - t0, status, request.kind))
+                records.append((start - t0, time.perf_counter() - t0, status, request.kind, request.index))
 
         await asyncio.gather(*(worker(w) for w in range(concurrency)))
         return records, time.perf_counter() - t0
 
 
-def summarize_level(records: list[tuple], duration_s: float, warmup_s: float) -> dict:
+def summarize_level(records: list[tuple], duration_s: float, warmup_s: float,
+                    weights: list[float] | None = None) -> dict:
     """Throughput over the steady window [warmup, duration]; latencies of requests
-    started in it (drained ones included); status counts over all of them."""
+    started in it (drained ones included); status counts over all of them.
+
+    ``weights`` (request index -> cost relative to the workload's mean) gives
+    ``work_rps``: in a short window a closed loop completes cheap requests more often
+    than the mix holds them, so plain requests/s flatters a heterogeneous mix.
+    """
     window = max(duration_s - warmup_s, 1e-9)
     measured = [r for r in records if r[0] >= warmup_s]
     ok = [r for r in measured if r[2] == 200]
-    done_in_window = sum(1 for r in records if r[2] == 200 and warmup_s <= r[1] <= duration_s)
+    in_window = [r for r in records if r[2] == 200 and warmup_s <= r[1] <= duration_s]
+    done_in_window = len(in_window)
     statuses: dict[str, int] = {}
     for r in measured:
         statuses[str(r[2])] = statuses.get(str(r[2]), 0) + 1
     latencies = [r[1] - r[0] for r in ok]
     return {
         "throughput_rps": done_in_window / window,
+        "work_rps": sum(weights[r[4]] for r in in_window) / window if weights else None,
         "requests": len(measured),
         "ok": len(ok),
         "errors": len(measured) - len(ok),
@@ -521,7 +530,7 @@ class ServedSystem:
     startup_s: float
 
     def run_level(self, requests: list[Request], concurrency: int, duration_s: float, warmup_s: float,
-                  timeout_s: float, label: str) -> dict:
+                  timeout_s: float, label: str, weights: list[float] | None = None) -> dict:
         self.head.check_alive()
         if self.poller is not None:
             self.poller.mark(label)
@@ -536,8 +545,9 @@ class ServedSystem:
         after = get_stats(self.url)
         cpu = {role: round(cpu_after.get(role, 0.0) - cpu_before.get(role, 0.0), 2) for role in cpu_after}
         total_cpu = sum(cpu.values())
-        ok_all = sum(1 for r in records if r[2] == 200)
-        level = summarize_level(records, duration_s, warmup_s)
+        ok_all = [r for r in records if r[2] == 200]
+        work_all = sum(weights[r[4]] for r in ok_all) if weights else None
+        level = summarize_level(records, duration_s, warmup_s, weights)
         level.update({
             "concurrency": concurrency,
             "duration_s": duration_s,
@@ -547,7 +557,9 @@ class ServedSystem:
             "client_cpu_s": round(client_cpu, 2),
             "cores_used": round(total_cpu / elapsed, 2),
             "machine_busy_cores": machine.busy_cores(),
-            "ok_per_cpu_s": round(ok_all / total_cpu, 3) if total_cpu else None,
+            "ok_per_cpu_s": round(len(ok_all) / total_cpu, 3) if total_cpu else None,
+            "work_per_cpu_s": round(work_all / total_cpu, 3) if total_cpu and weights else None,
+            "records": [(round(a, 3), round(b, 3), st, k, i) for a, b, st, k, i in records],
             "loadavg_1m_after": round(os.getloadavg()[0], 2),
             "batches": stats_delta(before, after),
         })

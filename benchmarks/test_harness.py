@@ -36,6 +36,14 @@ def test_level_counts_only_the_steady_window():
     assert level["p50_ms"] == pytest.approx(2500.0)  # 1 s and 4 s
 
 
+def test_work_weighted_throughput_counts_request_cost():
+    # Two cheap completions and one costly one in a 10 s window; weights are relative costs.
+    records = [(0.0, 1.0, 200, "text", 0), (1.0, 2.0, 200, "text", 0), (0.0, 5.0, 200, "both", 1)]
+    level = summarize_level(records, duration_s=10.0, warmup_s=0.0, weights=[0.5, 2.0])
+    assert level["throughput_rps"] == pytest.approx(0.3)
+    assert level["work_rps"] == pytest.approx((0.5 + 0.5 + 2.0) / 10)
+
+
 def test_stats_delta_subtracts_the_same_replica_only():
     before = {"TextEncoder": {"pid": 1, "histogram": {"1": 5, "4": 1}}}
     after = {"TextEncoder": {"pid": 1, "histogram": {"1": 7, "4": 3}},

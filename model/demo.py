@@ -83,6 +83,8 @@ class DemoConfig:
     audio_epochs: int = 6
     epochs: int = 15
     sentences: int | None = None  # use only this many sentences (quick smoke runs)
+    # An audio encoder a previous demo build trained: skips that stage (rebuilding the head only).
+    audio_encoder: Path | None = None
     progress: bool = True
 
 
@@ -223,7 +225,10 @@ def build(config: DemoConfig) -> Bundle:
     config.work.mkdir(parents=True, exist_ok=True)
     data = build_data(config)
     timings["speech_s"] = time.time() - started
-    audio_init = save_wav2vec2(config.work / "audio_init", "small", seed=config.seed, **AUDIO_OVERRIDES)
+    if config.audio_encoder is not None:
+        audio_init = config.audio_encoder
+    else:
+        audio_init = save_wav2vec2(config.work / "audio_init", "small", seed=config.seed, **AUDIO_OVERRIDES)
     words = config.max_words
     notes = [
         "DEMO MODEL, for trying the service offline. Not for real decisions.",
@@ -250,7 +255,7 @@ def build(config: DemoConfig) -> Bundle:
         cache_dir=config.work / "feature-cache", seed=config.seed,
         epochs=config.epochs, batch_size=64, lr=5e-4, patience=3,
         max_audio_seconds=6.0, audio_batch_size=32,
-        finetune_audio_layers=-1, finetune_epochs=config.audio_epochs, finetune_lr=1e-3,
+        finetune_audio_layers=0 if config.audio_encoder else -1, finetune_epochs=config.audio_epochs, finetune_lr=1e-3,
         finetune_batch_size=32, finetune_patience=3, finetune_crop_seconds=1.5,
         name="demo-rt-minilm-synthetic-speech", version="1.0.0", notes=notes, progress=config.progress,
     ))
@@ -274,6 +279,7 @@ def build(config: DemoConfig) -> Bundle:
         "manifests": {k: str(v) for k, v in data["manifests"].items()},
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "audio_encoder_config": {**WAV2VEC2_PRESETS["small"], **AUDIO_OVERRIDES},
+        "audio_encoder_reused_from": str(config.audio_encoder) if config.audio_encoder else None,
     }
     bundle.save(config.out, bundle.load_fusion())
     section = demo_section(bundle)
@@ -323,11 +329,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--audio-epochs", type=int, default=d.audio_epochs, help="epochs training the audio encoder")
     p.add_argument("--epochs", type=int, default=d.epochs, help="fusion-head epochs (early stopping applies)")
     p.add_argument("--sentences", type=int, default=None, help="use only this many sentences (smoke runs)")
+    p.add_argument("--audio-encoder", type=Path, default=None,
+                   help="reuse an audio encoder a previous demo build trained (not inside --out)")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     bundle = build(DemoConfig(out=a.out, work=a.work, seed=a.seed, train_audio=a.train_audio,
                               valid_audio=a.valid_audio, test_audio=a.test_audio, max_words=a.max_words,
-                              audio_epochs=a.audio_epochs, epochs=a.epochs, sentences=a.sentences,
+                              audio_epochs=a.audio_epochs, epochs=a.epochs, sentences=a.sentences, audio_encoder=a.audio_encoder,
                               progress=not a.no_progress))
     print("\n".join(metrics_table({k: v for k, v in bundle.metrics.items() if k != "demo"})))
     print("\n".join(demo_section(bundle)))

@@ -423,6 +423,27 @@ def _loss(out, has_t, has_a, target: Targets, idx, weights, config: TrainConfig,
     return total, fused
 
 
+def modality_batches(text: Features, audio: Features, batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Shuffled batches that never mix items with and without audio, with similar audio lengths.
+
+    A batch is padded to its longest audio clip, so one clip among text-only items
+    would make every item pay for it; grouping keeps the padding (wasted compute) small.
+    """
+    groups: dict[tuple[bool, bool], list[int]] = {}
+    for i, (t, a) in enumerate(zip(text, audio)):
+        groups.setdefault((t is not None, a is not None), []).append(i)
+    batches = []
+    for members in groups.values():
+        rng.shuffle(members)
+        # Sort within windows of 50 batches: lengths similar, order still random between windows.
+        window = 50 * batch_size
+        for start in range(0, len(members), window):
+            chunk = sorted(members[start : start + window], key=lambda i: 0 if audio[i] is None else audio[i].shape[0])
+            batches += [chunk[j : j + batch_size] for j in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
 def train_fusion(labels: list[str], text: dict[str, Features], audio: dict[str, Features],
                  targets: dict[str, Targets], text_dim: int, audio_dim: int, reg_weight: float,
                  config: TrainConfig, device) -> tuple[FusionHead, dict]:
@@ -434,19 +455,16 @@ def train_fusion(labels: list[str], text: dict[str, Features], audio: dict[str, 
     train_labels = targets["train"].label
     counts = torch.bincount(train_labels, minlength=len(labels)).float()
     weights = (counts.sum() / (len(labels) * counts.clamp(min=1.0))).to(device)
-    n_train, n_valid = len(train_labels), len(targets["valid"].label)
+    n_valid = len(targets["valid"].label)
     history = {"epoch": [], "train_loss": [], "valid_loss": [], "valid_accuracy": [], "valid_weighted_f1": []}
     best_state, best_loss, bad_epochs = None, math.inf, 0
     rng = random.Random(config.seed)
     for epoch in range(1, config.epochs + 1):
         head.train()
-        order = list(range(n_train))
-        rng.shuffle(order)
         total, steps = 0.0, 0
-        bar = tqdm(range(0, n_train, config.batch_size), desc=f"fusion epoch {epoch}/{config.epochs}",
-                   unit="batch", disable=not config.progress, leave=False)
-        for start in bar:
-            idx = order[start : start + config.batch_size]
+        bar = tqdm(modality_batches(text["train"], audio["train"], config.batch_size, rng),
+                   desc=f"fusion epoch {epoch}/{config.epochs}", unit="batch", disable=not config.progress, leave=False)
+        for idx in bar:
             out, has_t, has_a = _forward(head, text["train"], audio["train"], idx, device)
             loss, _ = _loss(out, has_t, has_a, targets["train"], idx, weights, config, reg_weight)
             optimizer.zero_grad()
@@ -455,16 +473,15 @@ def train_fusion(labels: list[str], text: dict[str, Features], audio: dict[str, 
             optimizer.step()
             total, steps = total + loss.item(), steps + 1
         head.eval()
-        valid_loss, logits = 0.0, []
+        valid_loss, logits = 0.0, torch.zeros(n_valid, len(labels))
         with torch.inference_mode():
-            for start in range(0, n_valid, 256):
-                idx = list(range(start, min(start + 256, n_valid)))
+            for idx in modality_batches(text["valid"], audio["valid"], 256, random.Random(0)):
                 out, has_t, has_a = _forward(head, text["valid"], audio["valid"], idx, device)
                 _, fused = _loss(out, has_t, has_a, targets["valid"], idx, weights, config, reg_weight)
                 valid_loss += fused.item() * len(idx)
-                logits.append(out.logits.float().cpu())
+                logits[idx] = out.logits.float().cpu()
         valid_loss /= n_valid
-        metrics = classification_metrics(torch.cat(logits).numpy(), targets["valid"].label.numpy(), labels)
+        metrics = classification_metrics(logits.numpy(), targets["valid"].label.numpy(), labels)
         history["epoch"].append(epoch)
         history["train_loss"].append(total / max(steps, 1))
         history["valid_loss"].append(valid_loss)
@@ -490,16 +507,16 @@ def train_fusion(labels: list[str], text: dict[str, Features], audio: dict[str, 
 @torch.inference_mode()
 def predict(head: FusionHead, text: Features, audio: Features, device, batch_size: int = 256) -> dict:
     """Logits and scores of the fused, text-only and audio-only heads, plus which modalities were present."""
-    parts = {k: [] for k in ("logits", "score", "text_logits", "text_score", "audio_logits", "audio_score", "has_text", "has_audio")}
+    keys = ("logits", "score", "text_logits", "text_score", "audio_logits", "audio_score", "has_text", "has_audio")
+    parts: dict[str, list] = {k: [None] * len(text) for k in keys}
     head.eval()
-    for start in range(0, len(text), batch_size):
-        idx = list(range(start, min(start + batch_size, len(text))))
+    for idx in modality_batches(text, audio, batch_size, random.Random(0)):
         out, has_t, has_a = _forward(head, text, audio, idx, device)
-        for key in ("logits", "score", "text_logits", "text_score", "audio_logits", "audio_score"):
-            parts[key].append(getattr(out, key).float().cpu())
-        parts["has_text"].append(has_t.cpu())
-        parts["has_audio"].append(has_a.cpu())
-    return {k: torch.cat(v).numpy() for k, v in parts.items()}
+        values = {k: getattr(out, k).float().cpu() for k in keys[:6]} | {"has_text": has_t.cpu(), "has_audio": has_a.cpu()}
+        for k in keys:
+            for row, i in enumerate(idx):
+                parts[k][i] = values[k][row]
+    return {k: torch.stack(v).numpy() if v else np.zeros(0) for k, v in parts.items()}
 
 
 def evaluate_set(pred: dict, target: Targets, bundle: Bundle) -> dict:
