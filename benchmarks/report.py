@@ -95,14 +95,17 @@ def evaluate(results: dict) -> list[dict]:
     level16 = _level(c, 16)
     if b and level16:
         b16 = b["by_concurrency"].get("16")
-        value = _ratio(_work(level16), _work(b))
-        p99_lower = level16["p99_ms"] is not None and b16 and level16["p99_ms"] < b16["p99_ms"]
+        b_rps, b_note = seed_throughput(results)
+        value = _ratio(_work(level16), b_rps)
+        # (b)'s queue-model p99 scales with its service time: rescale it to the faster thread count.
+        b16_p99 = b16["p99_ms"] * _work(b) / b_rps if b16 else None
+        p99_lower = level16["p99_ms"] is not None and b16_p99 is not None and level16["p99_ms"] < b16_p99
         rows.append({"target": "(c)/(b) throughput at concurrency 16, lower p99", "value": value,
                      "threshold": f">= {TARGETS['vs_seed_at_16']} and p99 lower",
                      "met": value is not None and value >= TARGETS["vs_seed_at_16"] and bool(p99_lower),
                      "detail": f"(c) {_work(level16):.2f} mix-weighted rps ({level16['throughput_rps']:.2f} raw) "
-                               f"p99 {level16['p99_ms']} ms; "
-                               f"(b) {b['throughput_rps']:.2f} rps p99 {b16['p99_ms'] if b16 else None} ms"})
+                               f"p99 {level16['p99_ms']} ms; (b) {b_rps:.2f} rps {b_note}, queue-model p99 "
+                               f"{round(b16_p99) if b16_p99 else None} ms"})
     scenario = (c or {}).get("text_batching")
     if scenario and scenario.get("configured") and scenario.get("batching_off"):
         on, off = scenario["configured"], scenario["batching_off"]
@@ -132,6 +135,19 @@ def evaluate(results: dict) -> list[dict]:
                                + "; ".join(f"{k}: {level1['by_kind'][k]['p50_ms']} vs {b['service_by_kind'][k]['p50_ms']}"
                                            for k in sorted(level1.get("by_kind", {})) if k in b["service_by_kind"])})
     return rows
+
+
+def seed_throughput(results: dict) -> tuple[float, str]:
+    """(b)'s throughput at its faster torch thread count. (b) runs with every core in one
+    pool; the paired overhead phase also times each request with 1 thread, and on a
+    busy machine that is often faster, so the comparison uses whichever is better."""
+    b = results["seed"]
+    best, note = _work(b), f"({results.get('inprocess_threads')} threads)"
+    paired = (results.get("served") or {}).get("paired_overhead") or {}
+    for threads, row in paired.get("in_process_by_threads", {}).items():
+        if row.get("mean_ms") and 1000.0 / row["mean_ms"] > best:
+            best, note = 1000.0 / row["mean_ms"], f"({threads} thread(s), from the paired phase)"
+    return best, note
 
 
 def _level(served: dict | None, concurrency: int) -> dict | None:
