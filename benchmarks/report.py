@@ -142,7 +142,7 @@ def seed_throughput(results: dict) -> tuple[float, str]:
     pool; the paired overhead phase also times each request with 1 thread, and on a
     busy machine that is often faster, so the comparison uses whichever is better."""
     b = results["seed"]
-    best, note = _work(b), f"({results.get('inprocess_threads')} threads)"
+    best, note = _work(b), f"({b.get('threads', results.get('inprocess_threads'))} threads)"
     paired = (results.get("served") or {}).get("paired_overhead") or {}
     for threads, row in paired.get("in_process_by_threads", {}).items():
         if row.get("mean_ms") and 1000.0 / row["mean_ms"] > best:
@@ -236,7 +236,7 @@ def results_table(results: dict) -> str:
     b = results.get("seed")
     if b:
         for conc, row in sorted(b["by_concurrency"].items(), key=lambda kv: int(kv[0])):
-            rows.append(f"| (b) seed, one at a time | {conc} | {_fmt(_work(row))} | {_fmt(row['throughput_rps'])} | "
+            rows.append(f"| (b) seed, one at a time, {b.get('threads', '?')} threads | {conc} | {_fmt(_work(row))} | {_fmt(row['throughput_rps'])} | "
                         f"{_fmt(row['p50_ms'], 0)} | "
                         f"{_fmt(row['p95_ms'], 0)} | {_fmt(row['p99_ms'], 0)} | 0 | 0 | {_fmt(b.get('cores_used'))} | "
                         f"{_fmt(_work_cpu(b))} |")

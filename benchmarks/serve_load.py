@@ -415,8 +415,9 @@ def wait_healthy(url: str, timeout_s: float, head: RayHead | None = None) -> flo
     raise TimeoutError(f"{url}/healthz not healthy after {timeout_s:.0f} s")
 
 
-def wait_reconfigured(poller_address: str, timeout_s: float = 120) -> None:
-    """After an in-place update, wait until every deployment reports HEALTHY again."""
+def wait_reconfigured(timeout_s: float = 120) -> None:
+    """After an in-place update, wait until every deployment reports HEALTHY again
+    (through the Ray connection the StatusPoller opened)."""
     from ray import serve
 
     deadline = time.monotonic() + timeout_s
