@@ -7,6 +7,7 @@ import asyncio
 import torch
 from ray import serve
 
+from deployments.batching import batched
 from deployments.runtime import ModelReplica
 from model.audio_encoder import AudioEncoder
 from model.bundle import Bundle
@@ -46,7 +47,7 @@ class AudioEncoderDeployment(ModelReplica):
                 results[i] = features
         return results
 
-    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.01)
+    @batched(max_batch_size=4)
     async def encode(self, waveforms: list[torch.Tensor]) -> list[torch.Tensor]:
         return await asyncio.to_thread(self._encode_batch, waveforms)
 

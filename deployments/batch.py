@@ -40,12 +40,12 @@ from deployments.api import Limits, status_for
 from deployments.request_parsing import check_input
 from model.audio import AudioLimits, decode_audio
 from model.bundle import Bundle
+from model.feature_table import METADATA_KEY, pack_features, shard_paths, unpack_features
 
 logger = logging.getLogger("deployments.batch")
 
 MANIFEST_COLUMNS = ("id", "text", "audio_path", "split", "label", "score")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-SHARD_GLOB = "part-*.parquet"
 
 
 # ---- errors recorded per row ---------------------------------------------------
@@ -205,6 +205,7 @@ def decode_stage(batch: pa.Table, sampling_rate: int, limits: dict) -> pa.Table:
     rows = _rows(batch)
     for row in rows:
         row["wave"], row["wave_len"] = None, 0
+        row["audio_size"] = row["audio_mtime_ns"] = row["audio_seconds"] = None
         if row["error_code"] is not None:
             row["text"] = None
             continue
@@ -213,6 +214,7 @@ def decode_stage(batch: pa.Table, sampling_rate: int, limits: dict) -> pa.Table:
             if row["audio_path"] is not None:
                 try:
                     audio = Path(row["audio_path"]).read_bytes()
+                    stat = Path(row["audio_path"]).stat()
                 except OSError as exc:
                     raise RowError("audio_unreadable", f"cannot read {row['audio_path']}: {exc.strerror}") from None
             parsed = check_input(row["text"], audio, service)
@@ -220,10 +222,13 @@ def decode_stage(batch: pa.Table, sampling_rate: int, limits: dict) -> pa.Table:
             if parsed.audio is not None:
                 wave = decode_audio(parsed.audio, sampling_rate, alimits).numpy().astype(np.float32)
                 row["wave"], row["wave_len"] = wave.tobytes(), len(wave)
+                # Identify the file the features came from, so training can match them by content.
+                row["audio_size"], row["audio_mtime_ns"] = stat.st_size, stat.st_mtime_ns
+                row["audio_seconds"] = len(wave) / sampling_rate
         except Exception as exc:  # every failure becomes this row's error
             row.update(error_fields(exc))
             row["text"] = None
-    return _table(rows, drop=("audio_path",))
+    return _table(rows)
 
 
 class _Stage:
@@ -268,7 +273,7 @@ class TextStage(_Stage):
         def compute(todo):
             texts = [row["text"] for row in todo]
             for row, features in zip(todo, self.encoder.encode(texts).unpad()):
-                row["text_features"] = features.numpy().tobytes()
+                row["text_features"] = pack_features(features)
                 row["text_frames"] = int(features.shape[0])
                 row["text_truncated"] = self.encoder.count_tokens(row["text"]) > self.encoder.max_length
 
@@ -298,18 +303,11 @@ class AudioStage(_Stage):
             for bucket in length_buckets([len(w) for w in waves]):
                 encoded = self.encoder.encode([waves[j] for j in bucket]).unpad()
                 for j, features in zip(bucket, encoded):
-                    todo[j]["audio_features"] = features.numpy().tobytes()
+                    todo[j]["audio_features"] = pack_features(features)
                     todo[j]["audio_frames"] = int(features.shape[0])
 
         self._run([r for r in rows if r["error_code"] is None and r["wave"] is not None], compute)
         return _table(rows, drop=("wave", "wave_len"))
-
-
-def unpack_features(blob: bytes | None, frames: int, dim: int) -> np.ndarray | None:
-    """A ``[T, D]`` float16 array from the bytes a stage wrote (None: modality missing)."""
-    if not blob or not frames:
-        return None
-    return np.frombuffer(blob, dtype=np.float16).reshape(int(frames), dim)
 
 
 class FusionStage(_Stage):
@@ -347,10 +345,6 @@ class FusionStage(_Stage):
         return _table(rows, drop=("text", "text_features", "audio_features"))
 
 
-def drop_text_stage(batch: pa.Table) -> pa.Table:
-    return batch.drop_columns(["text"])
-
-
 # ---- output shards ---------------------------------------------------------------
 
 
@@ -367,10 +361,13 @@ def score_schema(labels: list[str]) -> pa.Schema:
 
 
 def features_schema() -> pa.Schema:
+    """The feature table ``model.feature_table`` reads: what was encoded, and the features."""
     return pa.schema([
         ("id", pa.string()), ("split", pa.string()), ("true_label", pa.string()), ("true_score", pa.float64()),
-        ("text_features", pa.binary()), ("text_frames", pa.int32()), ("text_truncated", pa.bool_()),
-        ("audio_features", pa.binary()), ("audio_frames", pa.int32()),
+        ("text", pa.string()), ("text_features", pa.binary()), ("text_frames", pa.int32()),
+        ("text_truncated", pa.bool_()),
+        ("audio_path", pa.string()), ("audio_size", pa.int64()), ("audio_mtime_ns", pa.int64()),
+        ("audio_seconds", pa.float64()), ("audio_features", pa.binary()), ("audio_frames", pa.int32()),
         ("error_code", pa.string()), ("error", pa.string()), ("http_status", pa.int32()),
     ])
 
@@ -404,7 +401,7 @@ class ShardWriter:
     def __init__(self, out: str | Path, schema: pa.Schema, metadata: dict):
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.schema = schema.with_metadata({"sentiment_batch": json.dumps(metadata)})
+        self.schema = schema.with_metadata({METADATA_KEY: json.dumps(metadata)})
         self.run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
         self.count = 0
         for stale in self.out.glob(".part-*.tmp"):  # left by a killed run: never complete
@@ -412,8 +409,8 @@ class ShardWriter:
 
     def done_ids(self, expect: dict) -> set[str]:
         done: set[str] = set()
-        for shard in sorted(self.out.glob(SHARD_GLOB)):
-            meta = json.loads((pq.read_schema(shard).metadata or {}).get(b"sentiment_batch", b"{}"))
+        for shard in sorted(self.out.glob("part-*.parquet")):
+            meta = json.loads((pq.read_schema(shard).metadata or {}).get(METADATA_KEY, b"{}"))
             for key, value in expect.items():
                 if meta.get(key) != value:
                     raise ValueError(f"{shard} was written with {key}={meta.get(key)!r}, this run has {value!r}; "
@@ -474,6 +471,8 @@ def run(mode: str, manifest: str | Path, bundle: str | Path, out: str | Path,
     schema = score_schema(model.labels) if mode == "score" else features_schema()
     # Stored in every shard; a resumed run must match it, so one output never mixes models.
     identity = {"mode": mode, "bundle": model.name, "bundle_version": model.version, "trained": model.trained}
+    if mode == "features":  # training checks these before it uses the features
+        identity |= encoder_fingerprints(model)
     writer = ShardWriter(out, schema, identity)
     done = writer.done_ids(identity)
     todo = [row for row in rows if row["id"] not in done]
@@ -512,8 +511,6 @@ def run(mode: str, manifest: str | Path, bundle: str | Path, out: str | Path,
         ds = ds.map_batches(**pool(AudioStage, resources.audio_gpus, resources.audio_batch))
         if mode == "score":
             ds = ds.map_batches(**pool(FusionStage, resources.fusion_gpus, resources.fusion_batch))
-        else:
-            ds = ds.map_batches(drop_text_stage, batch_format="pyarrow", num_cpus=0.1)
 
         bar = tqdm(total=len(todo), unit="row", desc=mode, disable=not progress, mininterval=1.0)
         last_log = time.monotonic()
@@ -540,12 +537,20 @@ def run(mode: str, manifest: str | Path, bundle: str | Path, out: str | Path,
     return stats
 
 
+def encoder_fingerprints(model: Bundle) -> dict[str, str]:
+    """The bundle's encoders' fingerprints, as the training feature cache computes them."""
+    from model.audio_encoder import AudioEncoder
+    from model.feature_cache import encoder_fingerprint
+    from model.text_encoder import TextEncoder
+
+    text = TextEncoder(model.resolve(model.text_encoder), model.text_max_length, "cpu")
+    audio = AudioEncoder(model.resolve(model.audio_encoder), "cpu")
+    return {"text_fingerprint": encoder_fingerprint(text), "audio_fingerprint": encoder_fingerprint(audio)}
+
+
 def read_shards(out: str | Path) -> pa.Table:
     """All complete shards of an output folder as one table."""
-    shards = sorted(Path(out).glob(SHARD_GLOB))
-    if not shards:
-        raise FileNotFoundError(f"no {SHARD_GLOB} in {out}")
-    return pa.concat_tables([pq.read_table(s) for s in shards])
+    return pa.concat_tables([pq.read_table(s) for s in shard_paths(out)])
 
 
 def feature_arrays(row: dict, text_dim: int, audio_dim: int) -> tuple[np.ndarray | None, np.ndarray | None]:

@@ -7,6 +7,7 @@ import asyncio
 import torch
 from ray import serve
 
+from deployments.batching import batched
 from deployments.runtime import ModelReplica
 from model.bundle import Bundle
 from model.inference import FusionItem, fuse
@@ -29,7 +30,7 @@ class FusionHeadDeployment(ModelReplica):
                 result.pop("attention", None)
         return results
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    @batched(max_batch_size=16)
     async def fuse(self, text: list, audio: list, explain: list[bool]) -> list[dict]:
         items = [FusionItem(text=t["hidden"] if t is not None else None, audio=a) for t, a in zip(text, audio)]
         return await asyncio.to_thread(self._fuse_batch, items, explain)

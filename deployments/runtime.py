@@ -25,7 +25,9 @@ class BatchingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_batch_size: int = Field(8, ge=1, le=512)
-    batch_wait_timeout_s: float = Field(0.01, ge=0.0, le=5.0)
+    # How long a lone request may wait for company (deployments.batching): 0 never waits,
+    # and batches still form under load from what queues during a forward pass.
+    batch_wait_timeout_s: float = Field(0.0, ge=0.0, le=5.0)
 
 
 def assigned_cpus() -> float:
@@ -82,7 +84,7 @@ class ModelReplica:
     """Base for the model deployments: batching knobs from ``user_config``, a health
     probe that runs a real forward pass, and batch statistics.
 
-    Subclasses set ``batched_method`` to the name of their ``@serve.batch`` method
+    Subclasses set ``batched_method`` to the name of their ``@batched`` method
     and implement ``probe()``, a tiny synchronous forward pass.
     """
 
@@ -97,9 +99,8 @@ class ModelReplica:
 
     def reconfigure(self, user_config: dict | None) -> None:
         config = BatchingConfig(**(user_config or {}))
-        method = getattr(self, self.batched_method)
-        method.set_max_batch_size(config.max_batch_size)
-        method.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+        method = getattr(type(self), self.batched_method)
+        method.batcher_of(self).configure(config.max_batch_size, config.batch_wait_timeout_s)
         self.batching = config
 
     def probe(self) -> None:

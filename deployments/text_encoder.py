@@ -7,6 +7,7 @@ import asyncio
 import torch
 from ray import serve
 
+from deployments.batching import batched
 from deployments.runtime import ModelReplica
 from model.bundle import Bundle
 from model.text_encoder import TextEncoder
@@ -33,7 +34,7 @@ class TextEncoderDeployment(ModelReplica):
             results.append({"hidden": features, "tokens": tokens, "truncated": truncated})
         return results
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    @batched(max_batch_size=8)
     async def encode(self, texts: list[str]) -> list[dict]:
         # The forward pass runs in a thread so the replica's event loop keeps
         # accepting requests (and forming the next batch) meanwhile.

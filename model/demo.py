@@ -71,6 +71,21 @@ CLEAR_SENTENCES = [
 ]
 
 
+# The UI's clickable examples (deployments/ui_bundle.py reads examples/examples.json).
+# Sentences of at most 8 words, so the clip speaks all of what the text box says.
+# voice cue: +1 spoken with the positive synthetic cue, -1 the negative one, 0 none.
+EXAMPLES = [
+    ("A wonderful, moving film with brilliant performances.", +1, "positive words, positive-cue voice"),
+    ("A dull, lifeless mess that wastes its cast.", -1, "negative words, negative-cue voice"),
+    ("An absolute delight from start to finish.", -1, "DISAGREE: positive words, negative-cue voice"),
+    ("An incoherent, tedious disaster of a movie.", +1, "DISAGREE: negative words, positive-cue voice"),
+    ("One of the best films of the year.", 0, "positive words, neutral voice (no cue)"),
+    (None, +1, "speech only: positive-cue voice"),
+    (None, -1, "speech only: negative-cue voice"),
+]
+EXAMPLE_SPEECH = "The film was about a family in a small town."  # for speech-only examples
+
+
 @dataclass
 class DemoConfig:
     out: Path
@@ -196,6 +211,21 @@ def build_data(config: DemoConfig) -> dict:
                       "neutral": sum(1 for c in clips_log if c["set"] == "neutral-test")}}
 
 
+def write_examples(bundle_dir: Path) -> Path:
+    """Speech + text examples for the UI, in the bundle, including text/voice disagreements."""
+    folder = bundle_dir / "examples"
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for k, (text, cue, caption) in enumerate(EXAMPLES):
+        voice = speech.Voice("en-us", rate=int(round(170 * (1 + CUE_RATE * cue))), pitch=50 + CUE_PITCH * cue)
+        name = f"example-{k}.wav"
+        speech.synthesize_wav(folder / name, text or EXAMPLE_SPEECH, voice)
+        entries.append({"text": text, "audio": name, "caption": caption})
+    path = folder / "examples.json"
+    path.write_text(json.dumps({"examples": entries}, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
 def sanity_check(bundle_dir: Path) -> dict:
     """Clearly positive / negative film sentences, text only and with uncued speech."""
     import torch
@@ -282,6 +312,7 @@ def build(config: DemoConfig) -> Bundle:
         "audio_encoder_reused_from": str(config.audio_encoder) if config.audio_encoder else None,
     }
     bundle.save(config.out, bundle.load_fusion())
+    write_examples(config.out)
     section = demo_section(bundle)
     write_report(config.out / "report", bundle, result.history, extra_sections=section)
     write_model_card(config.out, bundle, section)

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from model.audio_encoder import AudioEncoder
+from model.feature_table import PrecomputedFeatures
 from model.manifest import Item, Manifest
 from model.text_encoder import TextEncoder
 
@@ -94,15 +95,18 @@ def _batched(order: list[int], batch_size: int):
 
 
 def text_features(encoder: TextEncoder, items: list[Item], cache_dir: Path | None,
-                  batch_size: int = 64, progress: bool = True, desc: str = "text features") -> Features:
+                  batch_size: int = 64, progress: bool = True, desc: str = "text features",
+                  precomputed: PrecomputedFeatures | None = None) -> Features:
+    """``precomputed`` (features the batch job extracted with this encoder) fill the cache
+    entry for the items it has; only the others are encoded here."""
     key = _data_key([[i.id, i.text] for i in items])
     path = cache_dir / f"text-{encoder_fingerprint(encoder)}-{key}.safetensors" if cache_dir else None
     if path is not None and (cached := _read_entry(path, len(items))) is not None:
         return cached
-    out: Features = [None] * len(items)
+    out: Features = [precomputed.text_for(i.text) if precomputed else None for i in items]
     # Similar lengths together keeps padding (wasted compute) small.
-    order = sorted(range(len(items)), key=lambda i: len(items[i].text))
-    with tqdm(total=len(items), desc=desc, unit="text", disable=not progress) as bar:
+    order = sorted((i for i in range(len(items)) if out[i] is None), key=lambda i: len(items[i].text))
+    with tqdm(total=len(order), desc=desc, unit="text", disable=not progress) as bar:
         for batch in _batched(order, batch_size):
             encoded = encoder.encode([items[i].text for i in batch]).unpad()
             for i, feat in zip(batch, encoded):
@@ -115,7 +119,7 @@ def text_features(encoder: TextEncoder, items: list[Item], cache_dir: Path | Non
 
 def audio_features(encoder: AudioEncoder, manifest: Manifest, items: list[Item], cache_dir: Path | None,
                    batch_size: int = 16, max_seconds: float | None = 20.0, progress: bool = True,
-                   desc: str = "audio features") -> Features:
+                   desc: str = "audio features", precomputed: PrecomputedFeatures | None = None) -> Features:
     """Items without audio get None. Clips longer than ``max_seconds`` are cut, to bound the cost."""
     files = [manifest.audio_file(item) for item in items]
     parts = []
@@ -127,7 +131,10 @@ def audio_features(encoder: AudioEncoder, manifest: Manifest, items: list[Item],
     if path is not None and (cached := _read_entry(path, len(items))) is not None:
         return cached
     out: Features = [None] * len(items)
-    present = [i for i, f in enumerate(files) if f is not None]
+    for i, (item, f) in enumerate(zip(items, files)):
+        if precomputed is not None and f is not None and item.start is None and item.end is None:
+            out[i] = precomputed.audio_for(f, max_seconds)  # whole files only: the table has no segments
+    present = [i for i, f in enumerate(files) if f is not None and out[i] is None]
     durations = {i: _duration(items[i], files[i]) for i in present}
     order = sorted(present, key=durations.get)
     with tqdm(total=len(present), desc=desc, unit="clip", disable=not progress) as bar:

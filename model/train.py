@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from model.audio_encoder import AudioEncoder
 from model.bundle import Bundle
 from model.feature_cache import Features, audio_features, encoder_fingerprint, load_waveform, text_features
+from model.feature_table import PrecomputedFeatures
 from model.features import pad_sequences
 from model.fusion import FusionConfig, FusionHead
 from model.manifest import Item, Manifest, load_manifest
@@ -59,6 +60,7 @@ class TrainConfig:
     labels: list[str] | None = None  # default: the train split's labels
     extra_eval: dict[str, str] = field(default_factory=dict)  # name -> "manifest[:split]"
     cache_dir: Path | None = Path("artifacts/feature-cache")
+    features: Path | None = None  # a feature table from `python -m deployments.batch features`
     drop_invalid: bool = False
     check_audio: bool = True
     seed: int = 0
@@ -598,16 +600,28 @@ def train(config: TrainConfig) -> TrainResult:
     text_encoder = TextEncoder(text_name, max_length, config.device)
     audio_encoder = AudioEncoder(audio_name, config.device)
     cache = Path(config.cache_dir) if config.cache_dir else None
+    precomputed = None
+    if config.features:
+        if config.finetune_text_layers or config.finetune_audio_layers:
+            raise TrainingDataError("--features holds the frozen encoders' features; it cannot be combined "
+                                    "with fine-tuning, which changes them")
+        precomputed = PrecomputedFeatures.load(config.features, encoder_fingerprint(text_encoder),
+                                               encoder_fingerprint(audio_encoder), text_encoder.hidden_size,
+                                               audio_encoder.hidden_size)
     # Each distinct text is encoded once, even when several evaluation sets share sentences.
     unique = list(dict.fromkeys(item.text for items in sets.values() for item in items))
     encoded = text_features(text_encoder, [Item(id=str(k), text=t, audio_path=None, split="") for k, t in enumerate(unique)],
-                            cache, config.text_batch_size, config.progress)
+                            cache, config.text_batch_size, config.progress, precomputed=precomputed)
     by_text = dict(zip(unique, encoded))
     text_feats = {name: [by_text[item.text] for item in items] for name, items in sets.items()}
     audio_feats = {}
     for name, items in sets.items():
         audio_feats[name] = audio_features(audio_encoder, manifests[name], items, cache, config.audio_batch_size,
-                                           config.max_audio_seconds, config.progress, desc=f"audio features [{name}]")
+                                           config.max_audio_seconds, config.progress, desc=f"audio features [{name}]",
+                                           precomputed=precomputed)
+    if precomputed is not None:
+        _log(f"features taken from {config.features}: {precomputed.used['text']} texts, "
+             f"{precomputed.used['audio']} audio clips; the rest were extracted here")
     timings["features_s"] = time.time() - tick
     encoders = {
         "text": {"source": text_name, "fingerprint": encoder_fingerprint(text_encoder),
@@ -647,6 +661,7 @@ def train(config: TrainConfig) -> TrainResult:
         "label_values_rule": values_rule,
         "training": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
         "regression_weight": reg_weight,
+        "precomputed_features": ({"source": str(config.features), **precomputed.used} if precomputed else None),
         "best_epoch": history.get("best_epoch"),
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "torch": torch.__version__,
@@ -687,6 +702,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also evaluate on this manifest's split (default test); repeatable")
     p.add_argument("--cache-dir", type=Path, default=d.cache_dir, help="feature cache folder")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
+    p.add_argument("--features", type=Path, default=None,
+                   help="feature table written by `python -m deployments.batch features` with the same encoders: "
+                        "items found there are not encoded again (and fill the cache)")
     p.add_argument("--drop-invalid", action="store_true", help="leave out (and count) items that fail validation")
     p.add_argument("--skip-audio-check", action="store_true", help="do not decode every audio file during validation")
     p.add_argument("--seed", type=int, default=d.seed)
@@ -725,7 +743,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         manifest=args.manifest, out=args.out, base_bundle=args.base_bundle,
         text_encoder=args.text_encoder, audio_encoder=args.audio_encoder,
         labels=[s.strip() for s in args.labels.split(",")] if args.labels else None,
-        extra_eval=_parse_eval(args.eval), cache_dir=None if args.no_cache else args.cache_dir,
+        extra_eval=_parse_eval(args.eval), cache_dir=None if args.no_cache else args.cache_dir, features=args.features,
         drop_invalid=args.drop_invalid, check_audio=not args.skip_audio_check, seed=args.seed,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         patience=args.patience, aux_weight=args.aux_weight, regression_weight=args.regression_weight,

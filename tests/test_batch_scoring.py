@@ -238,3 +238,48 @@ def test_csv_manifest_reads_like_jsonl(tmp_path):
     assert from_csv[0]["score"] == 1.5 and from_csv[0]["audio_path"] is None
     assert from_csv[1]["text"] is None and from_csv[1]["audio_path"] == str(tmp_path / "clips" / "b.wav")
     assert from_csv[2]["id"] == "a#dup1" and from_csv[2]["error_code"] == "duplicate_id"
+
+
+@pytest.mark.slow
+def test_features_fill_the_training_cache(tmp_path, ray_cluster, tiny_bundle):
+    """Features the batch job extracts are what training would compute; training uses them."""
+    from test_train_e2e import make_dataset
+
+    from model.audio_encoder import AudioEncoder
+    from model.bundle import Bundle
+    from model.feature_cache import audio_features, encoder_fingerprint, text_features
+    from model.feature_table import FeatureTableMismatch, PrecomputedFeatures
+    from model.manifest import load_manifest
+    from model.text_encoder import TextEncoder
+    from model.train import TrainConfig, train
+
+    manifest_path = make_dataset(tmp_path / "data")
+    table = tmp_path / "features"
+    stats = run("features", manifest_path, tiny_bundle, table, resources=SMALL, progress=False)
+    assert stats.processed_rows == 40 and stats.error_rows == 0
+
+    bundle = Bundle.load(tiny_bundle)
+    text_encoder = TextEncoder(bundle.resolve(bundle.text_encoder), bundle.text_max_length, "cpu")
+    audio_encoder = AudioEncoder(bundle.resolve(bundle.audio_encoder), "cpu")
+    precomputed = PrecomputedFeatures.load(table, encoder_fingerprint(text_encoder), encoder_fingerprint(audio_encoder),
+                                           text_encoder.hidden_size, audio_encoder.hidden_size)
+    manifest = load_manifest(manifest_path)
+    fresh_text = text_features(text_encoder, manifest.items, None, progress=False)
+    fresh_audio = audio_features(audio_encoder, manifest, manifest.items, None, progress=False)
+    for item, text, audio in zip(manifest.items, fresh_text, fresh_audio):
+        assert torch_close(precomputed.text_for(item.text), text)
+        if item.audio_path:
+            assert torch_close(precomputed.audio_for(manifest.audio_file(item), 20.0), audio)
+    with pytest.raises(FeatureTableMismatch, match="another text encoder"):
+        PrecomputedFeatures.load(table, "other", encoder_fingerprint(audio_encoder), 1, 1)
+
+    result = train(TrainConfig(manifest=manifest_path, out=tmp_path / "out", base_bundle=tiny_bundle, features=table,
+                               cache_dir=tmp_path / "cache", epochs=2, d_model=32, n_heads=2, progress=False))
+    # 10 distinct sentences; 32 of the 40 items have audio: none was encoded again.
+    assert result.bundle.data["precomputed_features"] == {"source": str(table), "text": 10, "audio": 32}
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 4  # text + one audio entry per split
+
+
+def torch_close(a, b) -> bool:
+    return a is not None and b is not None and a.shape == b.shape and bool(
+        np.allclose(a.float().numpy(), b.float().numpy(), atol=2e-2, rtol=2e-2))

@@ -55,7 +55,7 @@ APP_ARGS = {
         # always catches some in flight (exercising the driver's retry) and a
         # client that hangs up is still queued there when its cancel arrives.
         "TextEncoder": _options(env={FAULT_INJECTION_ENV: "1"},
-                                user_config={"max_batch_size": 64, "batch_wait_timeout_s": 0.5}),
+                                user_config={"max_batch_size": 64, "batch_wait_timeout_s": 0.2}),
         "AudioEncoder": _options(),
         "FusionHead": _options(),
     },
@@ -209,7 +209,10 @@ def test_killing_a_replica_under_load_fails_few_requests_and_recovers(app_url, b
         killed_at = time.monotonic()
         ray.kill(ray.get_actor(before[0], namespace="serve"))
         replaced_s = wait_replaced(deployment, before)
-        time.sleep(2)  # and traffic keeps flowing once the replacement serves
+        # A fixed window, so the failure rate means the same in every run: the load runs
+        # for the 30 s recovery target after the kill (longer if the replacement is slow),
+        # plus 2 s in which the replacement serves.
+        time.sleep(max(0.0, killed_at + RECOVERY_LIMIT_S - time.monotonic()) + 2)
     total = len(load.records)
     in_flight = sum(1 for start, end, _ in load.records if start < killed_at < end)
     failed = [(start - killed_at, status) for start, _, status in load.records if status != 200]
@@ -223,15 +226,14 @@ def test_killing_a_replica_under_load_fails_few_requests_and_recovers(app_url, b
           f"replacement replica started {replaced_s:.1f} s after it, "
           f"driver retries {dict(retry_reasons)}")
     assert total > 0 and recovery_s <= RECOVERY_LIMIT_S and replaced_s <= REPLACEMENT_LIMIT_S
+    assert len(failed) <= 0.01 * total, failed
     if deployment == "Driver":
-        # Requests inside the killed ingress replica are lost (the Serve proxy
-        # answers 500 for them: not configurable in Ray 2.60); new ones never are.
-        assert len(failed) <= CONCURRENCY, failed
+        # Requests inside the killed ingress replica are lost (the Serve proxy answers
+        # 500 for them and cannot resend them: not configurable in Ray 2.60); requests
+        # sent after the kill never are.
         assert all(t < 2.0 for t, _ in failed), failed
-    else:
-        assert len(failed) <= 0.01 * total, failed
     if deployment == "TextEncoder":
-        # Its 0.5 s batch window always holds requests when the kill lands: those
+        # Its 0.2 s batch window always holds requests when the kill lands: those
         # must have been answered anyway (resent by Serve's router or by the
         # driver's retry), not dodged the kill by luck.
         assert in_flight > 0
@@ -354,7 +356,7 @@ def replica_log_lines(deployment: str, needle: str) -> list[str]:
 
 
 def test_client_that_hangs_up_cancels_its_downstream_work(app_url):
-    # Each request waits ~0.5 s in the TextEncoder's batch window; its client gives up after 0.15 s.
+    # Each request waits ~0.2 s in the TextEncoder's batch window; its client gives up after 0.1 s.
     # All at once: sent one after another, a later request could join a batch
     # window an earlier abandoned one opened, and be encoded before its own timeout.
     ids = [f"hangup-{i}-{uuid.uuid4().hex[:8]}" for i in range(6)]
@@ -362,14 +364,14 @@ def test_client_that_hangs_up_cancels_its_downstream_work(app_url):
     def abandon(request_id: str) -> bool:
         try:
             httpx.post(f"{app_url}/v1/predict", json={"text": "nobody waits for this"},
-                       headers={"X-Request-ID": request_id}, timeout=0.15)
+                       headers={"X-Request-ID": request_id}, timeout=0.1)
         except httpx.TimeoutException:
             return True
         return False
 
     with concurrent.futures.ThreadPoolExecutor(len(ids)) as pool:
         assert all(pool.map(abandon, ids))
-    # Uncancelled, each would be encoded ~0.5 s later: give that ample time to show.
+    # Uncancelled, each would be encoded ~0.2 s later: give that ample time to show.
     time.sleep(5.0)
     outcome = collections.Counter()
     for request_id in ids:

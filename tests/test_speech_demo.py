@@ -74,3 +74,25 @@ def test_synthesis_and_pitch_parameter(tmp_path):
 
     data, rate = sf.read(tmp_path / "x.wav")
     assert rate == 16_000 and len(data) / rate == pytest.approx(seconds, abs=1e-3)
+
+
+@needs_speech
+def test_demo_examples_load_in_the_ui_with_a_disagreeing_pair(tmp_path, tiny_bundle):
+    import shutil
+
+    from deployments.ui_bundle import load_examples
+    from model.bundle import Bundle
+    from model.demo import EXAMPLES, write_examples
+
+    bundle_dir = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle_dir)
+    write_examples(bundle_dir)
+    examples = load_examples(Bundle.load(bundle_dir), max_audio_bytes=10 * 2**20)
+    assert len(examples) == len(EXAMPLES) and all(e.audio for e in examples)
+    assert any(e.caption.startswith("DISAGREE") and e.text for e in examples)
+    assert any(e.text is None for e in examples)  # speech only
+    import soundfile as sf
+
+    for e in examples:
+        data, rate = sf.read(e.audio)
+        assert rate == 16_000 and 0.5 < len(data) / rate < 8.0
