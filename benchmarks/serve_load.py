@@ -348,8 +348,10 @@ class RayHead:
     def child_env(self) -> dict:
         # Ray 2.60 turns token auth on for a local `ray start` head, but a client that
         # connects by address only sends the token (~/.ray/auth_token) in "token" mode.
-        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-               "RAY_AUTH_MODE": "token", **self.env}
+        from deployments import ray_env
+
+        env = ray_env.apply({**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1",
+                             "TRANSFORMERS_OFFLINE": "1", "RAY_AUTH_MODE": "token", **self.env})
         env.pop("RAY_ADDRESS", None)
         return env
 

@@ -15,6 +15,8 @@ export RAY_ADDRESS=127.0.0.1:$PORT
 # Without this, Ray replaces --node-ip-address=127.0.0.1 with the machine's address
 # and GCS, raylet and the dashboard agent listen on every interface.
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
+# Serve's faster request path (see deployments/ray_env.py); any value already set wins.
+eval "$("$BIN/python" -m deployments.ray_env)"
 
 TEMP_DIR=$(mktemp -d /tmp/ray-run.XXXXXX)
 "$BIN/ray" start --head --node-ip-address=127.0.0.1 --port="$PORT" \

@@ -15,6 +15,8 @@ import httpx
 import numpy as np
 import pytest
 
+from deployments import ray_env
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -62,7 +64,9 @@ def ray_cluster():
     from ray import serve
 
     # address="local": always a fresh cluster, never one some other `ray start` left running.
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    # Its processes get the same Serve request path as `make run` (deployments/ray_env.py).
+    with ray_env.for_new_cluster():
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     yield f"http://127.0.0.1:{port}"

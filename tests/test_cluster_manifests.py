@@ -227,6 +227,16 @@ def test_images_match_the_pinned_ray(name, flavour):
             assert container["image"].rsplit(":", 1)[1] == expected, container["image"]
 
 
+@pytest.mark.parametrize("name", [m for m in MANIFESTS if m.startswith("rayservice")])
+def test_serving_pods_use_the_same_serve_request_path_as_make_run(name):
+    from deployments.ray_env import SERVE_ENV
+
+    for where, pod in pod_specs(load(name)):
+        for container in pod["containers"]:
+            env = {e["name"]: e.get("value") for e in container.get("env", [])}
+            assert {k: env.get(k) for k in SERVE_ENV} == SERVE_ENV, (where, container["name"])
+
+
 @pytest.mark.parametrize("name", MANIFESTS)
 def test_volumes_and_secrets(name):
     storage = list(yaml.safe_load_all((CLUSTER / "storage.yaml").read_text()))

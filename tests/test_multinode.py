@@ -130,6 +130,8 @@ if __name__ == "__main__":
 import httpx  # noqa: E402
 import pytest  # noqa: E402
 
+from deployments import ray_env  # noqa: E402
+
 
 def _die_with_parent() -> None:
     # If pytest itself is killed, `ray start --block` gets SIGTERM and stops its node.
@@ -307,7 +309,7 @@ def test_encoder_node_outage_and_recovery(tiny_bundle, wav_bytes):
     root = Path(tempfile.mkdtemp(prefix="mn-", dir="/tmp"))
     token = secrets.token_hex(16)
     marker = f"RAY_AUTH_TOKEN={token}"  # in the environment of every process this test starts
-    env = dict(
+    env = ray_env.apply(dict(
         os.environ,
         RAY_AUTH_MODE="token",
         RAY_AUTH_TOKEN=token,
@@ -317,7 +319,7 @@ def test_encoder_node_outage_and_recovery(tiny_bundle, wav_bytes):
         HF_HUB_OFFLINE="1",
         TRANSFORMERS_OFFLINE="1",
         PYTHONPATH=str(REPO),
-    )
+    ))  # the same Serve request path as `make run`
     env.pop("RAY_ADDRESS", None)
     gcs_port, http_port = free_port(), free_port()
     address = f"127.0.0.1:{gcs_port}"
