@@ -436,3 +436,13 @@ def test_crd_validation_catches_a_typo():
     doc["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["minReplicas"] = "1"
     found = errors(schema, doc)
     assert any("rayStartParam" in e for e in found) and any("minReplicas" in e for e in found), found
+
+
+def test_laptop_config_fits_two_cpus_even_at_max_replicas():
+    """Autoscaling must never ask for a replica the 2-CPU `make run` head cannot place."""
+    config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
+    total = 0.0
+    for d in config["applications"][0]["deployments"]:
+        replicas = d.get("autoscaling_config", {}).get("max_replicas", d.get("num_replicas", 1))
+        total += replicas * d["ray_actor_options"]["num_cpus"]
+    assert total <= 2.0 + 1e-9, total
