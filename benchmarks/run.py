@@ -249,9 +249,27 @@ def text_batching_scenario(system, config, short, mode, timeout_s, out) -> dict:
         log(f"(c) text-only c=16, TextEncoder {user_config}")
         run = system.run_level(short, 16, mode["scenario_s"], min(mode["warmup_s"], 5), timeout_s, f"text-{name}")
         run["user_config"] = user_config
-        runs[name] = run
         log(f"(c) text-only {name}: {run['throughput_rps']:.2f} rps p99 {run['p99_ms']} ms")
+        run["handle"] = handle_level(system, [r.text for r in short], mode["scenario_s"], out / f"texts-{name}.json")
+        log(f"(c) TextEncoder alone via DeploymentHandle, c=16, {name}: {run['handle'].get('calls_per_s')} calls/s")
+        runs[name] = run
     return runs
+
+
+def handle_level(system, texts: list[str], seconds: float, texts_path: Path) -> dict:
+    """The TextEncoder deployment alone at concurrency 16, from a process inside the cluster."""
+    import json
+    import subprocess
+    import sys
+
+    texts_path.write_text(json.dumps(texts))
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.handle_load", "--address", system.head.address,
+                           "--texts", str(texts_path), "--concurrency", "16", "--seconds", str(seconds)],
+                          env=system.head.child_env(), cwd=ROOT, capture_output=True, text=True, timeout=seconds + 120)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        return {"error": (proc.stderr or proc.stdout)[-2000:]}
+    return json.loads(lines[-1])
 
 
 def _interrupt(signum, frame):
