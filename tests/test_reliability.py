@@ -356,7 +356,7 @@ def replica_log_lines(deployment: str, needle: str) -> list[str]:
 
 
 def test_client_that_hangs_up_cancels_its_downstream_work(app_url):
-    # Each request waits ~0.2 s in the TextEncoder's batch window; its client gives up after 0.1 s.
+    # Each request waits ~0.2 s in the TextEncoder's batch window; its client gives up after 0.15 s.
     # All at once: sent one after another, a later request could join a batch
     # window an earlier abandoned one opened, and be encoded before its own timeout.
     ids = [f"hangup-{i}-{uuid.uuid4().hex[:8]}" for i in range(6)]
@@ -364,7 +364,7 @@ def test_client_that_hangs_up_cancels_its_downstream_work(app_url):
     def abandon(request_id: str) -> bool:
         try:
             httpx.post(f"{app_url}/v1/predict", json={"text": "nobody waits for this"},
-                       headers={"X-Request-ID": request_id}, timeout=0.1)
+                       headers={"X-Request-ID": request_id}, timeout=0.15)
         except httpx.TimeoutException:
             return True
         return False
