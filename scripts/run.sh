@@ -19,15 +19,21 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 eval "$("$BIN/python" -m deployments.ray_env)"
 
 TEMP_DIR=$(mktemp -d /tmp/ray-run.XXXXXX)
+# Every process of this Ray head inherits this variable, whatever title it gives itself
+# later (ray::DashboardAgent, ray::ServeReplica...): cleanup finds them all by it.
+export SENTIMENT_RAY_RUN=$TEMP_DIR
 "$BIN/ray" start --head --node-ip-address=127.0.0.1 --port="$PORT" \
   --dashboard-host=127.0.0.1 --dashboard-port="${RAY_DASHBOARD_PORT:-8265}" \
   --num-cpus="${RAY_NUM_CPUS:-2}" --temp-dir="$TEMP_DIR" --disable-usage-stats >/dev/null
 # Stop only this head: `ray stop` would end every Ray on the machine.
+ours() {  # pids whose environment carries this run's marker, except this script
+  grep -lzF "SENTIMENT_RAY_RUN=$TEMP_DIR" /proc/[0-9]*/environ 2>/dev/null | cut -d/ -f3 | grep -vx "$$" || true
+}
 cleanup() {
   trap - EXIT INT TERM
-  pkill -f -- "$TEMP_DIR" 2>/dev/null || true
-  sleep 2
-  pkill -9 -f -- "$TEMP_DIR" 2>/dev/null || true
+  kill -TERM $(ours) 2>/dev/null || true
+  sleep 3
+  kill -KILL $(ours) 2>/dev/null || true
   rm -rf "$TEMP_DIR"
 }
 trap cleanup EXIT INT TERM
