@@ -16,6 +16,8 @@ import asyncio
 import json
 import time
 
+from benchmarks.metrics import summarize
+
 
 async def drive(handle, method: str, texts: list[str], concurrency: int, seconds: float, warmup_s: float) -> dict:
     latencies: list[float] = []
@@ -38,13 +40,9 @@ async def drive(handle, method: str, texts: list[str], concurrency: int, seconds
             i += concurrency
 
     await asyncio.gather(*(client(k) for k in range(concurrency)))
-    latencies.sort()
-
-    def pct(q: float) -> float:
-        return round(1000 * latencies[min(len(latencies) - 1, int(q * len(latencies)))], 2) if latencies else 0.0
-
+    stats = summarize(latencies)
     return {"calls": len(latencies), "errors": errors, "seconds": seconds, "concurrency": concurrency,
-            "calls_per_s": round(len(latencies) / seconds, 2), "p50_ms": pct(0.5), "p99_ms": pct(0.99)}
+            "calls_per_s": round(len(latencies) / seconds, 2), "p50_ms": stats["p50_ms"], "p99_ms": stats["p99_ms"]}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,24 +19,26 @@ os.environ.setdefault("RAY_AUTH_MODE", "token")  # before Ray is imported (see b
 import argparse  # noqa: E402
 import base64  # noqa: E402
 import json  # noqa: E402
-import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import httpx  # noqa: E402
 
+from benchmarks.metrics import summarize  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def median_ms(send, n: int, skip: int = 5) -> float:
+    """p50 of ``n`` calls after ``skip`` warm-up calls."""
     times = []
     for i in range(n + skip):
         start = time.perf_counter()
         send(i)
         if i >= skip:
-            times.append(1000 * (time.perf_counter() - start))
-    return round(statistics.median(times), 1)
+            times.append(time.perf_counter() - start)
+    return summarize(times)["p50_ms"]
 
 
 def main(argv: list[str] | None = None) -> dict:

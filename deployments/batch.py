@@ -40,7 +40,7 @@ from deployments.api import Limits, status_for
 from deployments.request_parsing import check_input
 from model.audio import AudioLimits, decode_audio
 from model.bundle import Bundle
-from model.feature_table import METADATA_KEY, pack_features, shard_paths, unpack_features
+from model.feature_table import METADATA_KEY, SHARD_GLOB, pack_features, shard_metadata, shard_paths, unpack_features
 
 logger = logging.getLogger("deployments.batch")
 
@@ -409,8 +409,8 @@ class ShardWriter:
 
     def done_ids(self, expect: dict) -> set[str]:
         done: set[str] = set()
-        for shard in sorted(self.out.glob("part-*.parquet")):
-            meta = json.loads((pq.read_schema(shard).metadata or {}).get(METADATA_KEY, b"{}"))
+        for shard in sorted(self.out.glob(SHARD_GLOB)):
+            meta = shard_metadata(shard)
             for key, value in expect.items():
                 if meta.get(key) != value:
                     raise ValueError(f"{shard} was written with {key}={meta.get(key)!r}, this run has {value!r}; "

@@ -24,13 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
-
-logger = logging.getLogger("ray.serve")
-
 
 @dataclass
 class _Pending:

@@ -138,14 +138,18 @@ def split_sentences(frame: pd.DataFrame, seed: int) -> dict[str, pd.DataFrame]:
     return {name: frame.iloc[idx].assign(id=[f"rt-{i}" for i in idx]) for name, idx in parts.items()}
 
 
+def cued_voice(name: str, pitch: float, rate: float, cue: int) -> speech.Voice:
+    """espeak-ng settings with the synthetic label cue applied (cue 0: none)."""
+    return speech.Voice(name, rate=int(round(rate * (1 + CUE_RATE * cue))), pitch=int(round(pitch + CUE_PITCH * cue)))
+
+
 def plan_clip(item_id: str, text: str, label: str, rng: random.Random, max_words: int, cued: bool) -> Clip:
     """Random voice, base pitch and rate; plus the synthetic label cue when ``cued``."""
     cue = (1 if label == "positive" else -1) if cued else 0
     voice, pitch, rate = rng.choice(VOICES), rng.uniform(*BASE_PITCH), rng.uniform(*BASE_RATE)
-    return Clip(
-        id=item_id, text=" ".join(text.split()[:max_words]), voice=voice,
-        pitch=int(round(pitch + CUE_PITCH * cue)), rate=int(round(rate * (1 + CUE_RATE * cue))), cue=cue,
-    )
+    settings = cued_voice(voice, pitch, rate, cue)
+    return Clip(id=item_id, text=" ".join(text.split()[:max_words]), voice=voice, pitch=settings.pitch,
+                rate=settings.rate, cue=cue)
 
 
 def synthesize_clips(clips: list[Clip], folder: Path, progress: bool) -> dict[str, Path]:
@@ -217,7 +221,7 @@ def write_examples(bundle_dir: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     entries = []
     for k, (text, cue, caption) in enumerate(EXAMPLES):
-        voice = speech.Voice("en-us", rate=int(round(170 * (1 + CUE_RATE * cue))), pitch=50 + CUE_PITCH * cue)
+        voice = cued_voice("en-us", pitch=50, rate=170, cue=cue)
         name = f"example-{k}.wav"
         speech.synthesize_wav(folder / name, text or EXAMPLE_SPEECH, voice)
         entries.append({"text": text, "audio": name, "caption": caption})

@@ -600,14 +600,14 @@ def train(config: TrainConfig) -> TrainResult:
     text_encoder = TextEncoder(text_name, max_length, config.device)
     audio_encoder = AudioEncoder(audio_name, config.device)
     cache = Path(config.cache_dir) if config.cache_dir else None
+    fingerprints = {"text": encoder_fingerprint(text_encoder), "audio": encoder_fingerprint(audio_encoder)}
     precomputed = None
     if config.features:
         if config.finetune_text_layers or config.finetune_audio_layers:
             raise TrainingDataError("--features holds the frozen encoders' features; it cannot be combined "
                                     "with fine-tuning, which changes them")
-        precomputed = PrecomputedFeatures.load(config.features, encoder_fingerprint(text_encoder),
-                                               encoder_fingerprint(audio_encoder), text_encoder.hidden_size,
-                                               audio_encoder.hidden_size)
+        precomputed = PrecomputedFeatures.load(config.features, fingerprints["text"], fingerprints["audio"],
+                                               text_encoder.hidden_size, audio_encoder.hidden_size)
     # Each distinct text is encoded once, even when several evaluation sets share sentences.
     unique = list(dict.fromkeys(item.text for items in sets.values() for item in items))
     encoded = text_features(text_encoder, [Item(id=str(k), text=t, audio_path=None, split="") for k, t in enumerate(unique)],
@@ -624,9 +624,9 @@ def train(config: TrainConfig) -> TrainResult:
              f"{precomputed.used['audio']} audio clips; the rest were extracted here")
     timings["features_s"] = time.time() - tick
     encoders = {
-        "text": {"source": text_name, "fingerprint": encoder_fingerprint(text_encoder),
+        "text": {"source": text_name, "fingerprint": fingerprints["text"],
                  "fine_tuned_layers": config.finetune_text_layers},
-        "audio": {"source": audio_name, "fingerprint": encoder_fingerprint(audio_encoder),
+        "audio": {"source": audio_name, "fingerprint": fingerprints["audio"],
                   "fine_tuned_layers": config.finetune_audio_layers},
     }
 
