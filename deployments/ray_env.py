@@ -6,11 +6,10 @@ so they must be in the environment of ``ray start`` / ``ray.init``, not set late
 ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` (Ray >= 2.56) turns on Serve's faster request path:
 the ingress replica answers HTTP itself (direct ingress, on ``http_options.host``, so
 loopback for local runs), deployments call each other over gRPC, and user code and the
-router run on the replica's main event loop instead of extra threads. Measured on the
-2-core dev machine with the demo bundle and one request at a time: text-only p50
-52.8 ms -> 34.8 ms, text + 3 s of speech 68.4 ms -> 52.8 ms, ``/healthz`` 24.4 ms ->
-12.9 ms (``python -m benchmarks.latency_probe``, with and without
-``RAY_SERVE_THROUGHPUT_OPTIMIZED=0``). That mode runs user code on the replica's event
+router run on the replica's main event loop instead of extra threads. On the 2-core dev
+machine, one request at a time with the demo bundle, text + speech was 11-20 ms faster
+with it (``python -m benchmarks.latency_probe`` with and without
+``RAY_SERVE_THROUGHPUT_OPTIMIZED=0``; figures in the README). That mode runs user code on the replica's event
 loop, which is safe here because every forward pass and every audio decode runs in a
 worker thread.
 
