@@ -21,6 +21,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import argparse  # noqa: E402
 import datetime as dt  # noqa: E402
 import gc  # noqa: E402
+import json  # noqa: E402
 import resource  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -36,9 +37,10 @@ MODES = {
                   warmup_s=4, scenario_s=15, profile_s=8, health_timeout_s=300),
     "default": dict(size="base", requests=32, short_texts=48, batch_sizes=[1, 4, 8], duration_s=45,
                     warmup_s=10, scenario_s=30, profile_s=10, health_timeout_s=600),
-    # One GPU: base-size models in fp16, larger batches; about 6-8 minutes.
-    "gpu": dict(size="base", requests=64, short_texts=128, batch_sizes=[8, 32], duration_s=40,
-                warmup_s=8, scenario_s=30, profile_s=10, health_timeout_s=600),
+    # One GPU: base-size models in fp16, larger batches. A GPU's numbers settle within
+    # seconds, so levels are short: about 4-5 minutes in all.
+    "gpu": dict(size="base", requests=64, short_texts=128, batch_sizes=[8, 32], duration_s=20,
+                warmup_s=5, scenario_s=15, profile_s=10, health_timeout_s=600),
 }
 
 
@@ -109,13 +111,21 @@ def main(argv=None) -> Path:
 
     device = "cuda" if args.gpu else "cpu"
     model = None
-    if "inprocess" not in skip:
-        from benchmarks.inprocess import InProcessModel
+    try:
+        if "inprocess" not in skip:
+            from benchmarks.inprocess import InProcessModel
 
-        model = InProcessModel(bundle_path, device)
-        run_inprocess(results, model, mixed, short, mode, concurrencies)
-    if "served" not in skip:
-        run_served(results, args, bundle_path, mixed, short, mode, concurrencies, out, skip, model)
+            model = InProcessModel(bundle_path, device)
+            run_inprocess(results, model, mixed, short, mode, concurrencies)
+        if "served" not in skip:
+            run_served(results, args, bundle_path, mixed, short, mode, concurrencies, out, skip, model)
+    except BaseException as exc:
+        # A run that dies late (a lost Ray head, Ctrl-C) still leaves what it measured.
+        results["failed"] = repr(exc)
+        partial = out / "results.partial.json"
+        partial.write_text(json.dumps(results, indent=1, default=str))
+        log(f"failed: {exc!r}; what was measured is in {partial}")
+        raise
 
     results["harness_peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     results["finished_at"] = dt.datetime.now().isoformat(timespec="seconds")
@@ -258,7 +268,6 @@ def text_batching_scenario(system, config, short, mode, timeout_s, out) -> dict:
 
 def handle_level(system, texts: list[str], seconds: float, texts_path: Path) -> dict:
     """The TextEncoder deployment alone at concurrency 16, from a process inside the cluster."""
-    import json
     import subprocess
     import sys
 

@@ -41,6 +41,21 @@ DEPLOYMENTS = ("Driver", "TextEncoder", "AudioEncoder", "FusionHead")
 BIN = Path(sys.executable).parent
 
 
+def cli(name: str) -> str:
+    """A console script (ray, serve, py-spy): beside this Python first, else on PATH.
+
+    A venv puts them beside the interpreter; ``pip install --target`` or a system
+    install puts them elsewhere on PATH.
+    """
+    local = BIN / name
+    if local.exists():
+        return str(local)
+    found = shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(f"`{name}` is neither in {BIN} nor on PATH")
+    return found
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -311,7 +326,7 @@ class RayHead:
             "--runtime-env-agent-port": free_port(), "--dashboard-port": free_port(),
             "--min-worker-port": lo, "--max-worker-port": hi,
         }
-        cmd = [str(BIN / "ray"), "start", "--head", "--block", "--include-dashboard=false", "--disable-usage-stats", "--temp-dir", str(self.temp_dir),
+        cmd = [cli("ray"), "start", "--head", "--block", "--include-dashboard=false", "--disable-usage-stats", "--temp-dir", str(self.temp_dir),
                "--num-cpus", str(self.num_cpus)]
         if self.num_gpus is not None:
             cmd += ["--num-gpus", str(self.num_gpus)]
@@ -388,7 +403,7 @@ def serve_run(head: RayHead, config: dict, path: Path, timeout_s: float = 180) -
     start = time.perf_counter()
     log_path = path.with_suffix(".serve-run.log")
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([str(BIN / "serve"), "run", "--non-blocking", "--address", head.address,
+        proc = subprocess.Popen([cli("serve"), "run", "--non-blocking", "--address", head.address,
                                  str(path.resolve())],
                                 env=head.child_env(), stdout=log, stderr=subprocess.STDOUT,
                                 cwd=head.code_dir or Path(__file__).resolve().parent.parent)
@@ -665,14 +680,15 @@ def summarize_collapsed(text: str, top: int = 15) -> dict:
 def profile_level(system: ServedSystem, requests: list[Request], concurrency: int, seconds: int, out_dir: Path,
                   rate: int = 25, timeout_s: float = 60) -> dict:
     """Load at ``concurrency`` while py-spy samples one process of each role (non-blocking)."""
-    spy = BIN / "py-spy"
-    if not spy.exists():
+    try:
+        spy = cli("py-spy")
+    except FileNotFoundError:
         return {"error": "py-spy is not installed"}
     jobs = {}
     for role, pids in system.sampler.replica_pids().items():
         if role in ("Proxy", *DEPLOYMENTS) and pids:
             raw = out_dir / f"pyspy-{role}.txt"
-            cmd = [str(spy), "record", "--pid", str(pids[0]), "--duration", str(seconds), "--rate", str(rate),
+            cmd = [spy, "record", "--pid", str(pids[0]), "--duration", str(seconds), "--rate", str(rate),
                    "--format", "raw", "--output", str(raw), "--nonblocking"]
             jobs[role] = (subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True), raw)
     level = system.run_level(requests, concurrency, seconds + 2, 1, timeout_s, "profile")

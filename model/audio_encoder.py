@@ -42,7 +42,8 @@ class AudioEncoder:
             for w in waveforms
         ]
         longest = max(len(v) for v in values)
-        batch = torch.zeros(len(values), longest)
+        # Page-locked on a GPU host, so the copy to the device is one asynchronous DMA.
+        batch = torch.zeros(len(values), longest, pin_memory=self.device.type == "cuda")
         mask = torch.zeros(len(values), longest, dtype=torch.long)
         for i, v in enumerate(values):
             batch[i, : len(v)] = torch.from_numpy(v)
@@ -52,7 +53,7 @@ class AudioEncoder:
     def forward(self, waveforms: list[torch.Tensor]) -> EncodedBatch:
         inputs, sample_mask = self._inputs(waveforms)
         kwargs = {"attention_mask": sample_mask.to(self.device)} if self.uses_attention_mask else {}
-        out = self.model(inputs.to(self.device, self.model.dtype), **kwargs)
+        out = self.model(inputs.to(self.device, self.model.dtype, non_blocking=True), **kwargs)
         hidden = out.last_hidden_state.float()
         lengths = self.model._get_feat_extract_output_lengths(sample_mask.sum(dim=1))
         frames = torch.arange(hidden.shape[1])[None, :] < lengths.cpu()[:, None]

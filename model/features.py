@@ -21,7 +21,10 @@ class EncodedBatch:
         are re-padded by the fusion head against whatever they are batched with.
         """
         lengths = self.mask.sum(dim=1).tolist()
-        return [self.hidden[i, : int(n)].to("cpu", dtype).contiguous() for i, n in enumerate(lengths)]
+        # One device-to-host copy for the batch (one sync on a GPU), then slice on the
+        # host. clone(): a view would pickle its whole batch's storage.
+        hidden = self.hidden.to("cpu", dtype)
+        return [hidden[i, : int(n)].clone() for i, n in enumerate(lengths)]
 
 
 def pad_sequences(items: list[torch.Tensor | None], dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
