@@ -44,7 +44,13 @@ def test_text_encoder_shapes_and_masks(pipeline):
     assert out.hidden.shape[2] == enc.hidden_size
     lengths = out.mask.sum(dim=1).tolist()
     assert lengths[0] < lengths[1] == out.hidden.shape[1]  # padded to the longest, not max_length
-    assert [t.shape[0] for t in out.unpad()] == lengths
+    items = out.unpad()
+    assert [t.shape[0] for t in items] == lengths
+    # What travels between deployments is compact: fp16, and only the item's own
+    # rows (a view would pickle the whole padded batch's storage).
+    for item in items:
+        assert item.dtype == torch.float16
+        assert item.untyped_storage().nbytes() == item.numel() * item.element_size()
 
 
 def test_text_encoder_truncates_to_max_length(tiny_bundle):
