@@ -228,6 +228,19 @@ def _fmt(value, digits=2):
     return str(value)
 
 
+def settle_note(levels: list[dict]) -> str:
+    """Which levels first ran unrecorded until the autoscaler had acted, and with what result."""
+    settled = [lv for lv in levels if lv.get("settle")]
+    if not settled:
+        return "No level waited for the autoscaler (quick mode, or no level could trigger a scale-up)."
+    parts = []
+    for lv in settled:
+        counts = ", ".join(f"{name} {sum(states.values())}" for name, states in sorted(lv["settle"]["replicas"].items()))
+        parts.append(f"c={lv['concurrency']}: {lv['settle']['seconds']:.0f} s, then {counts or 'unknown'}")
+    return ("Before each level that can trigger a scale-up, the same load ran unrecorded until the autoscaler had "
+            "acted and no replica was starting, so measured levels are steady state: " + "; ".join(parts) + ".")
+
+
 def results_table(results: dict) -> str:
     rows = ["| system | concurrency | throughput (mix rps) | raw rps | p50 ms | p95 ms | p99 ms | errors | 503 | "
             "cores used | mix req/CPU-s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -368,6 +381,8 @@ def write_report(out_dir: Path, results: dict) -> Path:
         "latency at concurrency C comes from a FIFO queue of C closed-loop clients over the measured service times, "
         "with no HTTP cost. (c) is closed-loop HTTP load: throughput over the steady window, latencies of requests "
         "started in it.",
+        "",
+        settle_note(served.get("levels", [])),
         "",
         "![latency vs throughput](latency_vs_throughput.png)",
         "",

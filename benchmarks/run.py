@@ -34,13 +34,13 @@ ROOT = Path(__file__).resolve().parent.parent
 # default: base-size models (bert-base, wav2vec2-base), about 15-20 min on 2 cores.
 MODES = {
     "quick": dict(size="quick", requests=48, short_texts=64, batch_sizes=[1, 4, 16], duration_s=20,
-                  warmup_s=4, scenario_s=15, profile_s=8, health_timeout_s=300),
+                  warmup_s=4, scenario_s=15, profile_s=8, health_timeout_s=300, settle=False),
     "default": dict(size="base", requests=32, short_texts=48, batch_sizes=[1, 4, 8], duration_s=45,
-                    warmup_s=10, scenario_s=30, profile_s=10, health_timeout_s=600),
+                    warmup_s=10, scenario_s=30, profile_s=10, health_timeout_s=600, settle=True),
     # One GPU: base-size models in fp16, larger batches. A GPU's numbers settle within
     # seconds, so levels are short: about 4-5 minutes in all.
     "gpu": dict(size="base", requests=64, short_texts=128, batch_sizes=[8, 32], duration_s=20,
-                warmup_s=5, scenario_s=15, profile_s=10, health_timeout_s=600),
+                warmup_s=5, scenario_s=15, profile_s=10, health_timeout_s=600, settle=True),
 }
 
 
@@ -208,9 +208,17 @@ def run_served(results, args, bundle_path, mixed, short, mode, concurrencies, ou
         system.run_level(mixed, 4, mode["warmup_s"], 0, timeout_s, "warm-up")
         weights = work_weights(results, len(mixed))
         served["work_weights"] = weights
+        trigger, decide_s = serve_load.scale_up_trigger(config)
         for c in concurrencies:
+            settle = None
+            if mode["settle"] and trigger is not None and c > trigger:
+                # Steady state: this concurrency can make the autoscaler add replicas, so
+                # let it do so before measuring (a replica's start costs ~10 CPU-seconds).
+                log(f"(c) concurrency {c}: settling, at least {decide_s:.0f} s (autoscaler look-back + upscale delay)")
+                settle = system.settle(mixed, c, decide_s, timeout_s)
             log(f"(c) concurrency {c} for {mode['duration_s']:.0f} s")
             level = system.run_level(mixed, c, mode["duration_s"], mode["warmup_s"], timeout_s, f"c={c}", weights)
+            level["settle"] = settle
             served["levels"].append(level)
             log(f"(c) c={c}: {level['throughput_rps']:.2f} rps p50 {level['p50_ms']} ms p99 {level['p99_ms']} ms "
                 f"errors {level['errors']}")

@@ -120,6 +120,23 @@ def derive_config(base: Path, bundle: Path, port: int, overrides: dict[str, obje
     return config
 
 
+def scale_up_trigger(config: dict) -> tuple[int | None, float]:
+    """The lowest concurrency that can make an autoscaled deployment add a replica (its
+    ``target_ongoing_requests``), and the longest time its autoscaler takes to decide
+    (look-back window plus upscale delay, with Ray's defaults where unset)."""
+    from ray.serve.config import AutoscalingConfig
+
+    triggers = []
+    for dep in config["applications"][0].get("deployments", []):
+        auto = dep.get("autoscaling_config")
+        if auto and auto.get("max_replicas", 1) > auto.get("min_replicas", 1):
+            full = AutoscalingConfig(**auto)
+            triggers.append((full.target_ongoing_requests, full.look_back_period_s + full.upscale_delay_s))
+    if not triggers:
+        return None, 0.0
+    return int(min(t for t, _ in triggers)), max(d for _, d in triggers)
+
+
 def deployment_option(config: dict, name: str, *keys, default=None):
     for dep in config["applications"][0].get("deployments", []):
         if dep["name"] == name:
@@ -201,6 +218,11 @@ class ProcessSampler:
                 with contextlib.suppress(ValueError):
                     self.peak_gpu_mib[int(pid)] = max(float(mib), self.peak_gpu_mib.get(int(pid), 0.0))
 
+    def transitioning(self) -> bool:
+        """Whether the latest poll saw a replica in any state but RUNNING (starting, stopping...)."""
+        latest = next((e["replicas"] for e in reversed(self.timeline) if "replicas" in e), None)
+        return latest is None or any(state != "RUNNING" for dep in latest.values() for state in dep)
+
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
             self.sample()
@@ -274,6 +296,11 @@ class StatusPoller:
             "replicas": {name: {str(getattr(k, "value", k)): v for k, v in dep.replica_states.items()}
                          for name, dep in app.deployments.items()},
         })
+
+    def transitioning(self) -> bool:
+        """Whether the latest poll saw a replica in any state but RUNNING (starting, stopping...)."""
+        latest = next((e["replicas"] for e in reversed(self.timeline) if "replicas" in e), None)
+        return latest is None or any(state != "RUNNING" for dep in latest.values() for state in dep)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -546,6 +573,27 @@ class ServedSystem:
     sampler: ProcessSampler
     poller: StatusPoller | None
     startup_s: float
+
+    def settle(self, requests: list[Request], concurrency: int, decide_s: float, timeout_s: float,
+               max_s: float = 120) -> dict:
+        """Load at ``concurrency`` (unrecorded) until the autoscaler has acted on it.
+
+        ``decide_s`` is how long the autoscaler needs to see the load before it scales
+        (its look-back window plus its upscale delay); after that, load goes on while
+        any replica is starting, so a measured level never pays for a replica's start.
+        """
+        start = time.perf_counter()
+        chunk = decide_s
+        while True:
+            asyncio.run(closed_loop(self.url, requests, concurrency, chunk, timeout_s))
+            self.head.check_alive()
+            elapsed = time.perf_counter() - start
+            if self.poller is None or not self.poller.transitioning() or elapsed >= max_s:
+                break
+            chunk = 5.0
+        latest = next((e["replicas"] for e in reversed(self.poller.timeline) if "replicas" in e), {}) \
+            if self.poller else {}
+        return {"seconds": round(elapsed, 1), "replicas": latest}
 
     def run_level(self, requests: list[Request], concurrency: int, duration_s: float, warmup_s: float,
                   timeout_s: float, label: str, weights: list[float] | None = None) -> dict:

@@ -9,8 +9,15 @@ import pytest
 
 from benchmarks.inprocess import closed_loop_fifo
 from benchmarks.metrics import summarize
-from benchmarks.report import evaluate
-from benchmarks.serve_load import derive_config, role_of, stats_delta, summarize_collapsed, summarize_level
+from benchmarks.report import evaluate, settle_note
+from benchmarks.serve_load import (
+    derive_config,
+    role_of,
+    scale_up_trigger,
+    stats_delta,
+    summarize_collapsed,
+    summarize_level,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -100,3 +107,28 @@ def test_targets_flag_a_miss():
     assert rows["(c)/(a)"]["value"] == 0.8 and not rows["(c)/(a)"]["met"]
     assert rows["(c)/(b)"]["value"] == 1.6 and rows["(c)/(b)"]["met"]
     assert rows["overhead"]["value"] == 30.0 and not rows["overhead"]["met"]
+
+
+def test_scale_up_trigger_reads_the_laptop_config(tmp_path):
+    config = derive_config(ROOT / "serve_config.yaml", tmp_path, 8123)
+    trigger, decide_s = scale_up_trigger(config)
+    targets = [d["autoscaling_config"]["target_ongoing_requests"]
+               for d in config["applications"][0]["deployments"] if "autoscaling_config" in d]
+    assert trigger == min(targets)
+    # Ray's 30 s look-back window plus the config's 10 s upscale delay.
+    assert decide_s == 40.0
+
+
+def test_fixed_replica_configs_never_settle(tmp_path):
+    config = derive_config(ROOT / "serve_config.yaml", tmp_path, 8123,
+                           {"TextEncoder.autoscaling_config.max_replicas": 1,
+                            "AudioEncoder.autoscaling_config.max_replicas": 1})
+    assert scale_up_trigger(config) == (None, 0.0)
+
+
+def test_settle_note_names_the_settled_levels():
+    levels = [{"concurrency": 4, "settle": None},
+              {"concurrency": 16, "settle": {"seconds": 62.4, "replicas": {"AudioEncoder": {"RUNNING": 2}}}}]
+    note = settle_note(levels)
+    assert "c=16: 62 s, then AudioEncoder 2" in note and "c=4" not in note
+    assert "No level waited" in settle_note([{"concurrency": 1, "settle": None}])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 from dataclasses import dataclass
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import soundfile as sf
 import torch
-import torchaudio.functional as AF
+from torchaudio.transforms import Resample
 
 from model.errors import (
     AudioDecodeError,
@@ -131,10 +132,27 @@ def decode_audio(data: bytes, target_rate: int, limits: AudioLimits = AudioLimit
         )
     if not np.isfinite(samples).all():
         raise AudioNonFiniteError("the audio contains NaN or infinite samples")
-    mono = torch.from_numpy(np.clip(samples.mean(axis=1), -MAX_ABS_SAMPLE, MAX_ABS_SAMPLE))
-    if rate != target_rate:
-        mono = AF.resample(mono, orig_freq=rate, new_freq=target_rate)
-    return mono.contiguous()
+    mono = torch.from_numpy(np.clip(downmix(samples), -MAX_ABS_SAMPLE, MAX_ABS_SAMPLE))
+    return resample(mono, rate, target_rate).contiguous()
+
+
+def downmix(samples: np.ndarray) -> np.ndarray:
+    """[frames, channels] to mono [frames]: the channel mean (no copy-and-average for mono)."""
+    return samples[:, 0] if samples.shape[1] == 1 else samples.mean(axis=1)
+
+
+def resample(waveform: torch.Tensor, orig_freq: int, new_freq: int) -> torch.Tensor:
+    """``torchaudio.functional.resample`` on float32 audio, with the kernel cached per rate pair."""
+    if orig_freq == new_freq:
+        return waveform
+    return _resampler(orig_freq, new_freq)(waveform)
+
+
+@functools.lru_cache(maxsize=32)
+def _resampler(orig_freq: int, new_freq: int) -> Resample:
+    # torchaudio.functional.resample rebuilds the kernel on every call: that was 95% of
+    # the time to bring 5 s of 44.1 kHz audio to 16 kHz (30 ms against 1.6 ms cached).
+    return Resample(orig_freq=orig_freq, new_freq=new_freq, dtype=torch.float32)
 
 
 def encode_wav(waveform: np.ndarray | torch.Tensor, rate: int) -> bytes:

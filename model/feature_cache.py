@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-import torchaudio.functional as AF
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from model.audio import downmix, resample
 from model.audio_encoder import AudioEncoder
 from model.feature_table import PrecomputedFeatures
 from model.manifest import Item, Manifest
@@ -54,10 +54,7 @@ def load_waveform(path: Path, rate: int, start: float | None = None, end: float 
     if max_seconds is not None:
         last = min(last, first + int(max_seconds * info.samplerate))
     samples, file_rate = sf.read(str(path), start=first, stop=last, dtype="float32", always_2d=True)
-    mono = torch.from_numpy(samples.mean(axis=1))
-    if file_rate != rate:
-        mono = AF.resample(mono, orig_freq=file_rate, new_freq=rate)
-    return mono.contiguous()
+    return resample(torch.from_numpy(downmix(samples)), file_rate, rate).contiguous()
 
 
 def _data_key(parts: list) -> str:

@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-import torchaudio.functional as AF
+
+from model.audio import resample
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,7 @@ def synthesize(text: str, voice: Voice = Voice(), sampling_rate: int = 16_000) -
     """Speak ``text``; a mono float32 waveform at ``sampling_rate`` (espeak-ng itself gives 22,050 Hz)."""
     samples, rate = _backend().synthesize(text, voice)
     if rate != sampling_rate and len(samples):
-        samples = AF.resample(torch.from_numpy(samples), rate, sampling_rate).numpy()
+        samples = resample(torch.from_numpy(samples), rate, sampling_rate).numpy()
     return samples
 
 
