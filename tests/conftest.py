@@ -45,6 +45,13 @@ def tiny_bundle(tmp_path_factory) -> Path:
     return path
 
 
+def repo_pythonpath() -> str:
+    """PYTHONPATH for a subprocess: this checkout first, then whatever the caller had
+    (an install with ``pip --target`` lives only on PYTHONPATH)."""
+    repo = str(Path(__file__).resolve().parent.parent)
+    return os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))
+
+
 def tone(seconds: float = 1.0, rate: int = 16_000, freq: float = 220.0) -> np.ndarray:
     t = np.arange(int(seconds * rate)) / rate
     return (0.3 * np.sin(2 * np.pi * freq * t)).astype("float32")

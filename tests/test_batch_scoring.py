@@ -24,6 +24,7 @@ import pytest
 import soundfile as sf
 
 from deployments.batch import BatchResources, feature_arrays, read_shards, run
+from tests.conftest import repo_pythonpath
 
 REPO = Path(__file__).resolve().parent.parent
 PHRASES = ["what a wonderful film", "this was a waste of time", "the acting felt flat", "i loved every minute",
@@ -114,7 +115,7 @@ def scored(tmp_path_factory, tiny_bundle, ray_cluster):
     out = folder / "predictions.parquet"
 
     # 1. The README's command line, on the first 60 rows, against the session's cluster.
-    env = dict(os.environ, PYTHONPATH=str(REPO), RAY_AUTH_MODE="token")
+    env = dict(os.environ, PYTHONPATH=repo_pythonpath(), RAY_AUTH_MODE="token")
     cli = subprocess.run(
         [sys.executable, "-m", "deployments.batch", "score", "--manifest", str(manifest), "--bundle", str(tiny_bundle),
          "--out", str(out), "--limit", "60", "--address", ray.get_runtime_context().gcs_address,

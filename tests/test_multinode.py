@@ -318,7 +318,7 @@ def test_encoder_node_outage_and_recovery(tiny_bundle, wav_bytes):
         RAY_USAGE_STATS_ENABLED="0",
         HF_HUB_OFFLINE="1",
         TRANSFORMERS_OFFLINE="1",
-        PYTHONPATH=str(REPO),
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     ))  # the same Serve request path as `make run`
     env.pop("RAY_ADDRESS", None)
     gcs_port, http_port = free_port(), free_port()
