@@ -217,6 +217,35 @@ def plot_batch_histograms(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def plot_replicas(results: dict, path: Path) -> bool:
+    """RUNNING replicas per deployment over the served phase, with each load phase marked.
+    Returns False (and draws nothing) when no timeline was recorded."""
+    timeline = results.get("served", {}).get("replica_timeline", [])
+    points = [t for t in timeline if "replicas" in t]
+    if not points:
+        return False
+    fig, ax = plt.subplots(figsize=(10, 3.6))
+    names = sorted({name for p in points for name in p["replicas"]})
+    for i, name in enumerate(names):
+        running = [p["replicas"].get(name, {}).get("RUNNING", 0) for p in points]
+        # A small offset per deployment keeps equal counts from hiding each other.
+        ax.step([p["t_s"] for p in points], [n + 0.04 * i for n in running], where="post", label=name)
+    top = max(max(p["replicas"].get(n, {}).get("RUNNING", 0) for n in names) for p in points)
+    for phase in (t for t in timeline if "phase" in t):
+        ax.axvline(phase["t_s"], color="gray", linestyle=":", linewidth=0.8)
+        ax.annotate(phase["phase"], (phase["t_s"], top + 0.35), rotation=90, fontsize=7, va="top",
+                    xytext=(2, 0), textcoords="offset points")
+    ax.set_ylim(0, top + 0.6)
+    ax.set_xlabel("seconds since the served phase began")
+    ax.set_ylabel("RUNNING replicas")
+    ax.set_title("Replicas over time (serve.status())")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 # ---- markdown ---------------------------------------------------------------------
 
 
@@ -340,6 +369,7 @@ def write_report(out_dir: Path, results: dict) -> Path:
     (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     plot_latency_throughput(results, out_dir / "latency_vs_throughput.png")
     plot_batch_histograms(results, out_dir / "batch_histograms.png")
+    replicas_plotted = plot_replicas(results, out_dir / "replicas_over_time.png")
     fp, served = results["fingerprint"], results.get("served", {})
     scenario = served.get("text_batching") or {}
     lines = [
@@ -424,6 +454,8 @@ def write_report(out_dir: Path, results: dict) -> Path:
         "## Replicas (serve.status())",
         "",
         replicas_summary(served),
+        "",
+        "![replicas over time](replicas_over_time.png)" if replicas_plotted else "",
         "",
         "## Peak memory per process (RSS, sampled every 0.5 s)",
         "",

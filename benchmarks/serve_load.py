@@ -582,6 +582,8 @@ class ServedSystem:
         (its look-back window plus its upscale delay); after that, load goes on while
         any replica is starting, so a measured level never pays for a replica's start.
         """
+        if self.poller is not None:
+            self.poller.mark(f"settle c={concurrency}")
         start = time.perf_counter()
         chunk = decide_s
         while True:
