@@ -26,22 +26,12 @@ from model.bundle import Bundle
 from model.inference import FusionItem, SentimentPipeline, fuse
 
 
-def length_buckets(lengths: list[int], max_ratio: float) -> list[list[int]]:
-    # The AudioEncoder deployment's policy, imported lazily: deployments/ pulls in Ray.
-    from deployments.audio_encoder import length_buckets as buckets
-
-    return buckets(lengths, max_ratio)
-
-
 class InProcessModel:
     def __init__(self, bundle_path, device: str | None = None):
         self.bundle = Bundle.load(bundle_path)
         self.pipeline = SentimentPipeline(self.bundle, device)
         self.sampling_rate = self.pipeline.audio_encoder.sampling_rate
         self.limits = AudioLimits()
-        from deployments.audio_encoder import MAX_PADDING_RATIO
-
-        self.max_padding_ratio = MAX_PADDING_RATIO
 
     def decode(self, request: Request):
         return decode_audio(request.wav, self.sampling_rate, self.limits) if request.wav is not None else None
@@ -56,15 +46,14 @@ class InProcessModel:
         p = self.pipeline
         items = [FusionItem() for _ in requests]
         text_idx = [i for i, r in enumerate(requests) if r.text is not None]
+        # The same encoder calls as the deployments, length buckets included.
         if text_idx:
-            for i, feat in zip(text_idx, p.text_encoder.encode([requests[i].text for i in text_idx]).unpad()):
+            for i, feat in zip(text_idx, p.text_encoder.encode_each([requests[i].text for i in text_idx])):
                 items[i].text = feat
         audio_idx = [i for i, r in enumerate(requests) if r.wav is not None]
-        waves = [self.decode(requests[i]) for i in audio_idx]
-        for bucket in length_buckets([len(w) for w in waves], self.max_padding_ratio):
-            encoded = p.audio_encoder.encode([waves[j] for j in bucket]).unpad()
-            for j, feat in zip(bucket, encoded):
-                items[audio_idx[j]].audio = feat
+        if audio_idx:
+            for i, feat in zip(audio_idx, p.audio_encoder.encode_each([self.decode(requests[i]) for i in audio_idx])):
+                items[i].audio = feat
         return fuse(p.fusion, self.bundle, items)
 
     def warm_up(self, requests: list[Request]) -> None:

@@ -272,7 +272,7 @@ class TextStage(_Stage):
 
         def compute(todo):
             texts = [row["text"] for row in todo]
-            for row, features in zip(todo, self.encoder.encode(texts).unpad()):
+            for row, features in zip(todo, self.encoder.encode_each(texts)):
                 row["text_features"] = pack_features(features)
                 row["text_frames"] = int(features.shape[0])
                 row["text_truncated"] = self.encoder.count_tokens(row["text"]) > self.encoder.max_length
@@ -291,20 +291,16 @@ class AudioStage(_Stage):
     def __call__(self, batch: pa.Table) -> pa.Table:
         import torch
 
-        from deployments.audio_encoder import length_buckets
-
         rows = _rows(batch)
         for row in rows:
             row["audio_features"], row["audio_frames"] = None, 0
 
         def compute(todo):
             waves = [torch.from_numpy(np.frombuffer(row["wave"], dtype=np.float32).copy()) for row in todo]
-            # The same bucketing as the AudioEncoder deployment: little padding per forward pass.
-            for bucket in length_buckets([len(w) for w in waves]):
-                encoded = self.encoder.encode([waves[j] for j in bucket]).unpad()
-                for j, features in zip(bucket, encoded):
-                    todo[j]["audio_features"] = pack_features(features)
-                    todo[j]["audio_frames"] = int(features.shape[0])
+            # The same length buckets as the AudioEncoder deployment: little padding per forward pass.
+            for row, features in zip(todo, self.encoder.encode_each(waves)):
+                row["audio_features"] = pack_features(features)
+                row["audio_frames"] = int(features.shape[0])
 
         self._run([r for r in rows if r["error_code"] is None and r["wave"] is not None], compute)
         return _table(rows, drop=("wave", "wave_len"))

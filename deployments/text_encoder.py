@@ -24,7 +24,7 @@ class TextEncoderDeployment(ModelReplica):
 
     def _encode_batch(self, texts: list[str]) -> list[dict]:
         self.stats.record(len(texts))
-        hidden = self.encoder.encode(texts).unpad()
+        hidden = self.encoder.encode_each(texts)
         results = []
         for text, features in zip(texts, hidden):
             tokens = self.encoder.tokenizer.convert_ids_to_tokens(

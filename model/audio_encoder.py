@@ -7,7 +7,7 @@ import torch
 from transformers import AutoFeatureExtractor
 
 from model.device import load_pretrained_model, pick_device
-from model.features import EncodedBatch
+from model.features import EncodedBatch, encode_in_buckets
 
 
 class AudioEncoder:
@@ -58,6 +58,11 @@ class AudioEncoder:
         lengths = self.model._get_feat_extract_output_lengths(sample_mask.sum(dim=1))
         frames = torch.arange(hidden.shape[1])[None, :] < lengths.cpu()[:, None]
         return EncodedBatch(hidden=hidden, mask=frames.to(hidden.device))
+
+    def encode_each(self, waveforms: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per-clip fp16 features [frames_i, D], in order; clips of similar length share a
+        forward pass, so little of any batch is padding."""
+        return encode_in_buckets(self.encode, waveforms, [len(w) for w in waveforms])
 
     @torch.inference_mode()
     def encode(self, waveforms: list[torch.Tensor]) -> EncodedBatch:

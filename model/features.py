@@ -27,6 +27,34 @@ class EncodedBatch:
         return [hidden[i, : int(n)].clone() for i, n in enumerate(lengths)]
 
 
+# Start a new sub-batch when the longest item would be this much longer than the
+# shortest: beyond it, padding costs more than the batching saves.
+MAX_PADDING_RATIO = 1.5
+
+
+def length_buckets(lengths: list[int], max_ratio: float = MAX_PADDING_RATIO) -> list[list[int]]:
+    """Group item indices by length (sorted) so each group pads little."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    buckets: list[list[int]] = []
+    for idx in order:
+        if buckets and lengths[idx] <= max_ratio * lengths[buckets[-1][0]]:
+            buckets[-1].append(idx)
+        else:
+            buckets.append([idx])
+    return buckets
+
+
+def encode_in_buckets(encode, items: list, lengths: list[int] | None) -> list[torch.Tensor]:
+    """``encode(items).unpad()`` per length bucket (one forward when ``lengths`` is None),
+    returned in the order of ``items``."""
+    buckets = length_buckets(lengths) if lengths is not None else [list(range(len(items)))]
+    results: list[torch.Tensor | None] = [None] * len(items)
+    for bucket in buckets:
+        for i, features in zip(bucket, encode([items[i] for i in bucket]).unpad()):
+            results[i] = features
+    return results
+
+
 def pad_sequences(items: list[torch.Tensor | None], dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pad per-item [T_i, D] tensors (None = modality missing) into a batch.
 

@@ -6,7 +6,7 @@ import torch
 from transformers import AutoTokenizer
 
 from model.device import load_pretrained_model, pick_device
-from model.features import EncodedBatch
+from model.features import EncodedBatch, encode_in_buckets
 
 
 class TextEncoder:
@@ -50,3 +50,13 @@ class TextEncoder:
     @torch.inference_mode()
     def encode(self, texts: list[str]) -> EncodedBatch:
         return self.forward(texts)
+
+    def encode_each(self, texts: list[str]) -> list[torch.Tensor]:
+        """Per-text fp16 features [T_i, D], in order. On a CPU, texts of similar token
+        length share a forward pass, because its cost grows with the padded tokens. On a
+        GPU a short batch costs about the same whatever its length, so all texts go in
+        one pass."""
+        lengths = None
+        if self.device.type == "cpu":
+            lengths = [len(ids) for ids in self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]]
+        return encode_in_buckets(self.encode, texts, lengths)

@@ -259,3 +259,26 @@ def test_bundle_errors_are_clear(tiny_bundle, tmp_path):
     (broken / "bundle.json").write_text(json.dumps({"format_version": 1}))
     with pytest.raises(BundleError, match="malformed"):
         Bundle.load(broken)
+
+
+def test_encode_each_matches_one_text_at_a_time(pipeline):
+    # Length buckets change how texts are grouped, never what each one gets back.
+    enc = pipeline.text_encoder
+    texts = ["ok", "a rather longer sentence with quite a few more tokens in it than the others", "fine then",
+             "short one", "another sentence of middling length here"]
+    batched = enc.encode_each(texts)
+    for text, features in zip(texts, batched):
+        alone = enc.encode([text]).unpad()[0]
+        assert features.shape == alone.shape
+        assert torch.allclose(features.float(), alone.float(), atol=2e-2)
+
+
+def test_length_buckets_keep_padding_small():
+    from model.features import length_buckets
+
+    lengths = [100, 10, 140, 12, 30, 101]
+    buckets = length_buckets(lengths, max_ratio=1.5)
+    assert sorted(i for b in buckets for i in b) == list(range(len(lengths)))
+    for bucket in buckets:
+        assert max(lengths[i] for i in bucket) <= 1.5 * min(lengths[i] for i in bucket)
+    assert [sorted(b) for b in buckets] == [[1, 3], [4], [0, 2, 5]]
