@@ -218,11 +218,6 @@ class ProcessSampler:
                 with contextlib.suppress(ValueError):
                     self.peak_gpu_mib[int(pid)] = max(float(mib), self.peak_gpu_mib.get(int(pid), 0.0))
 
-    def transitioning(self) -> bool:
-        """Whether the latest poll saw a replica in any state but RUNNING (starting, stopping...)."""
-        latest = next((e["replicas"] for e in reversed(self.timeline) if "replicas" in e), None)
-        return latest is None or any(state != "RUNNING" for dep in latest.values() for state in dep)
-
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
             self.sample()
@@ -297,9 +292,13 @@ class StatusPoller:
                          for name, dep in app.deployments.items()},
         })
 
+    def latest_replicas(self) -> dict | None:
+        """Replica states per deployment from the latest poll, or None before the first."""
+        return next((e["replicas"] for e in reversed(self.timeline) if "replicas" in e), None)
+
     def transitioning(self) -> bool:
         """Whether the latest poll saw a replica in any state but RUNNING (starting, stopping...)."""
-        latest = next((e["replicas"] for e in reversed(self.timeline) if "replicas" in e), None)
+        latest = self.latest_replicas()
         return latest is None or any(state != "RUNNING" for dep in latest.values() for state in dep)
 
     def _run(self) -> None:
@@ -593,9 +592,8 @@ class ServedSystem:
             if self.poller is None or not self.poller.transitioning() or elapsed >= max_s:
                 break
             chunk = 5.0
-        latest = next((e["replicas"] for e in reversed(self.poller.timeline) if "replicas" in e), {}) \
-            if self.poller else {}
-        return {"seconds": round(elapsed, 1), "replicas": latest}
+        latest = self.poller.latest_replicas() if self.poller else None
+        return {"seconds": round(elapsed, 1), "replicas": latest or {}}
 
     def run_level(self, requests: list[Request], concurrency: int, duration_s: float, warmup_s: float,
                   timeout_s: float, label: str, weights: list[float] | None = None) -> dict:
