@@ -1,3 +1,9 @@
 """Benchmark harness: in-process limit (a), the seed's sequential way (b), and the
-served application (c), on the same models and inputs. Run ``python -m benchmarks.run``.
+served application (c), on the same models and inputs. Run ``python -m benchmarks.run``
+(``sentiment-bench``).
+
+run (the phases) · workload (inputs) · inprocess, bundles ((a), (b)) · served_config,
+served_system, closed_loop, overhead, profiling ((c)) · handle_load, latency_probe
+(standalone probes) · latency_stats · targets, plots, fingerprint, bench_report (the report).
+Process plumbing (ports, the private Ray head, samplers) lives in ``harness``.
 """

@@ -5,7 +5,7 @@
 
 What the TextEncoder's dynamic batching buys the deployment itself: the same short
 texts as the HTTP scenario, but without the proxy, the driver and the fusion head,
-which on a 2-core machine cap the end-to-end rate before the encoder does. Prints one
+which on a small machine can cap the end-to-end rate before the encoder does. Prints one
 JSON object: completed calls, calls per second, and latency percentiles.
 """
 
@@ -16,7 +16,7 @@ import asyncio
 import json
 import time
 
-from benchmarks.metrics import summarize
+from benchmarks.latency_stats import summarize
 
 
 async def drive(handle, method: str, texts: list[str], concurrency: int, seconds: float, warmup_s: float) -> dict:

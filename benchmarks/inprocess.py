@@ -1,10 +1,10 @@
 """Systems (a) and (b): the model in this process, calling ``model/`` directly.
 
-(a) *The limit*: the whole workload in arrival-order chunks of ``B`` requests;
-    texts padded to the chunk's longest, audio bucketed by length the way the
-    AudioEncoder deployment does, one fusion call per chunk. No RPC, no HTTP,
-    no waiting for a batch to fill: an upper bound for any server. The best ``B``
-    of a sweep is reported.
+(a) *The limit*: the whole workload in arrival-order chunks of ``B`` requests
+    through ``model.pipeline.SentimentPipeline``: both encoders length-bucketed the
+    way their deployments are, one fusion call per chunk. No RPC, no HTTP, no
+    waiting for a batch to fill: an upper bound for any server. The best ``B`` of a
+    sweep is reported.
 (b) *The seed's way*: one request at a time: decode, text, then audio, then
     fusion, batch size 1. Its latency at concurrency C is derived from the measured
     service times with a closed-loop FIFO queue of C clients (what a one-at-a-time
@@ -19,11 +19,11 @@ import time
 
 import torch
 
-from benchmarks.metrics import by_kind, summarize
+from benchmarks.latency_stats import by_kind, summarize
 from benchmarks.workload import Request
 from model.audio import AudioLimits, decode_audio
 from model.bundle import Bundle
-from model.inference import FusionItem, SentimentPipeline, fuse
+from model.pipeline import SentimentPipeline
 
 
 class InProcessModel:
@@ -40,21 +40,9 @@ class InProcessModel:
         """(b): text, then audio, then fusion, batch size 1."""
         return self.pipeline.predict([request.text], [self.decode(request)])[0]
 
-    @torch.inference_mode()
     def predict_batch(self, requests: list[Request]) -> list[dict]:
-        """(a): one chunk, every stage batched."""
-        p = self.pipeline
-        items = [FusionItem() for _ in requests]
-        text_idx = [i for i, r in enumerate(requests) if r.text is not None]
-        # The same encoder calls as the deployments, length buckets included.
-        if text_idx:
-            for i, feat in zip(text_idx, p.text_encoder.encode_each([requests[i].text for i in text_idx])):
-                items[i].text = feat
-        audio_idx = [i for i, r in enumerate(requests) if r.wav is not None]
-        if audio_idx:
-            for i, feat in zip(audio_idx, p.audio_encoder.encode_each([self.decode(requests[i]) for i in audio_idx])):
-                items[i].audio = feat
-        return fuse(p.fusion, self.bundle, items)
+        """(a): one chunk, every stage batched (the pipeline's length buckets included)."""
+        return self.pipeline.predict([r.text for r in requests], [self.decode(r) for r in requests])
 
     def warm_up(self, requests: list[Request]) -> None:
         # First calls pay for oneDNN kernel selection and allocator growth.

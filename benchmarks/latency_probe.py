@@ -25,7 +25,7 @@ from pathlib import Path  # noqa: E402
 
 import httpx  # noqa: E402
 
-from benchmarks.metrics import summarize  # noqa: E402
+from benchmarks.latency_stats import summarize  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,9 +42,11 @@ def median_ms(send, n: int, skip: int = 5) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from benchmarks import serve_load
+    from benchmarks.served_config import derive_config
+    from benchmarks.served_system import start_system, stop_system
+    from harness import free_port
     from model.audio import encode_wav
-    from model.speech import Voice, available, synthesize
+    from model.demo.speech import Voice, available, synthesize
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.latency_probe", description=__doc__.split("\n\n")[0])
     p.add_argument("--bundle", type=Path, default=ROOT / "artifacts" / "demo-bundle")
@@ -59,10 +61,10 @@ def main(argv: list[str] | None = None) -> dict:
         t = np.arange(32_000) / 16_000
         wav = encode_wav((0.3 * np.sin(2 * np.pi * 140 * t)).astype("float32"), 16_000)
     audio = base64.b64encode(wav).decode()
-    port = serve_load.free_port()
-    config = serve_load.derive_config(ROOT / "serve_config.yaml", args.bundle.resolve(), port, {})
+    port = free_port()
+    config = derive_config(ROOT / "serve_config.yaml", args.bundle.resolve(), port, {})
     workdir = Path(tempfile.mkdtemp(prefix="latency-probe-"))
-    system = serve_load.start_system(config, workdir, os.cpu_count() or 2, None, 300, {}, poll_status=False)
+    system = start_system(config, workdir, os.cpu_count() or 2, None, 300, {}, poll_status=False)
     try:
         with httpx.Client(timeout=60) as client:
             def predict(body):
@@ -78,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
                                             args.requests),
             }
     finally:
-        serve_load.stop_system(system, workdir)
+        stop_system(system, workdir)
     print(json.dumps(result))
     return result
 

@@ -30,15 +30,15 @@ import yaml  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Sizes of a run. quick: small models and short levels (about 5 min on 2 idle cores);
-# default: base-size models (bert-base, wav2vec2-base), about 15-20 min on 2 cores.
+# Sizes of a run. quick: small models and short levels, a smoke test of the harness;
+# default: base-size models (bert-base, wav2vec2-base), the FLOPs of real checkpoints.
 MODES = {
     "quick": dict(size="quick", requests=48, short_texts=64, batch_sizes=[1, 4, 16], duration_s=20,
                   warmup_s=4, scenario_s=15, profile_s=8, health_timeout_s=300, settle=False),
     "default": dict(size="base", requests=32, short_texts=48, batch_sizes=[1, 4, 8], duration_s=45,
                     warmup_s=10, scenario_s=30, profile_s=10, health_timeout_s=600, settle=True),
     # One GPU: base-size models in fp16, larger batches. A GPU's numbers settle within
-    # seconds, so levels are short: about 4-5 minutes in all.
+    # seconds, so levels are short.
     "gpu": dict(size="base", requests=64, short_texts=128, batch_sizes=[8, 32], duration_s=20,
                 warmup_s=5, scenario_s=15, profile_s=10, health_timeout_s=600, settle=True),
 }
@@ -46,7 +46,7 @@ MODES = {
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="small models, short levels (~5 min on 2 cores)")
+    p.add_argument("--quick", action="store_true", help="small models, short levels (a smoke test)")
     p.add_argument("--bundle", type=Path, help="benchmark this bundle instead of random-weight base-size models")
     p.add_argument("--gpu", action="store_true", help="serve_config.gpu.yaml, GPUs in-process and in Ray")
     p.add_argument("--out", type=Path, help="output folder (default bench-results/<timestamp>)")
@@ -67,7 +67,17 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def main(argv=None) -> Path:
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point (``sentiment-bench``, ``python -m benchmarks.run``): 0 when the run finished."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _interrupt)
+    run_benchmark(argv)
+    return 0
+
+
+def run_benchmark(argv: list[str] | None = None) -> Path:
+    """One benchmark run; returns the path of its report.md (the folder is printed)."""
     args = parse_args(argv)
     mode = dict(MODES["gpu" if args.gpu else "quick" if args.quick else "default"])
     if args.gpu and args.quick:
@@ -82,13 +92,15 @@ def main(argv=None) -> Path:
 
     import torch
 
-    from benchmarks import bundles, report, workload
+    from benchmarks import bundles, workload
+    from benchmarks.bench_report import write_report
+    from benchmarks.fingerprint import fingerprint
 
     # Thread discipline: torch's pool gets every core (what the seed did); (a) and (b)
     # also try one thread and report the faster, since a busy machine can invert that.
     threads = os.cpu_count() or 1
     torch.set_num_threads(threads)
-    results: dict = {"started_at": started.isoformat(timespec="seconds"), "fingerprint": report.fingerprint(),
+    results: dict = {"started_at": started.isoformat(timespec="seconds"), "fingerprint": fingerprint(),
                      "mode": ("gpu " if args.gpu else "") + ("quick" if args.quick else "default"),
                      "inprocess_threads": threads, "overrides": args.set, "loadavg": {}}
 
@@ -129,7 +141,7 @@ def main(argv=None) -> Path:
 
     results["harness_peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     results["finished_at"] = dt.datetime.now().isoformat(timespec="seconds")
-    path = report.write_report(out, results)
+    path = write_report(out, results)
     for row in results["targets"]:
         log(f"target {row['target']}: {row['value']} ({row['threshold']}) {'met' if row['met'] else 'NOT met'}")
     print(out)
@@ -151,7 +163,7 @@ def thread_sweep(model) -> list[int]:
 
 def run_inprocess(results, model, mixed, short, mode, concurrencies) -> None:
     from benchmarks import inprocess
-    from benchmarks.metrics import MachineCPU
+    from harness import MachineCPU
 
     model.warm_up(mixed)
     results["loadavg"]["inprocess"] = round(os.getloadavg()[0], 2)
@@ -177,7 +189,11 @@ def run_inprocess(results, model, mixed, short, mode, concurrencies) -> None:
 
 
 def run_served(results, args, bundle_path, mixed, short, mode, concurrencies, out, skip, model) -> None:
-    from benchmarks import serve_load
+    from benchmarks.overhead import paired_overhead
+    from benchmarks.profiling import profile_level
+    from benchmarks.served_config import derive_config, scale_up_trigger
+    from benchmarks.served_system import start_system, stop_system
+    from harness import free_port
 
     config_path = args.config or ROOT / ("serve_config.gpu.yaml" if args.gpu else "serve_config.yaml")
     if not config_path.is_file():
@@ -186,8 +202,8 @@ def run_served(results, args, bundle_path, mixed, short, mode, concurrencies, ou
     for item in args.set:
         key, _, value = item.partition("=")
         overrides[key] = yaml.safe_load(value)
-    port = serve_load.free_port()
-    config = serve_load.derive_config(config_path, bundle_path, port, overrides)
+    port = free_port()
+    config = derive_config(config_path, bundle_path, port, overrides)
     timeout_s = float(config["applications"][0]["args"].get("settings", {}).get("request_timeout_s", 30)) + 30
     num_gpus = None
     if args.gpu:
@@ -200,20 +216,20 @@ def run_served(results, args, bundle_path, mixed, short, mode, concurrencies, ou
     served: dict = {"config_file": str(config_path), "port": port, "levels": []}
     results["served"] = served
     log(f"(c) starting Ray and `serve run` ({config_path.name})")
-    system = serve_load.start_system(config, out, args.ray_cpus or os.cpu_count() or 1, num_gpus,
-                                     mode["health_timeout_s"], env, code_dir=code_dir)
+    system = start_system(config, out, args.ray_cpus or os.cpu_count() or 1, num_gpus,
+                          mode["health_timeout_s"], env, code_dir=code_dir)
     served["startup_s"] = round(system.startup_s, 1)
     try:
         # Warm-up (not recorded): first requests pay for lazy initialisation in every process.
         system.run_level(mixed, 4, mode["warmup_s"], 0, timeout_s, "warm-up")
         weights = work_weights(results, len(mixed))
         served["work_weights"] = weights
-        trigger, decide_s = serve_load.scale_up_trigger(config)
+        trigger, decide_s = scale_up_trigger(config)
         for c in concurrencies:
             settle = None
             if mode["settle"] and trigger is not None and c > trigger:
                 # Steady state: this concurrency can make the autoscaler add replicas, so
-                # let it do so before measuring (a replica's start costs ~10 CPU-seconds).
+                # let it do so before measuring (a starting replica's CPU would be charged to the level).
                 log(f"(c) concurrency {c}: settling, at least {decide_s:.0f} s (autoscaler look-back + upscale delay)")
                 settle = system.settle(mixed, c, decide_s, timeout_s)
             log(f"(c) concurrency {c} for {mode['duration_s']:.0f} s")
@@ -225,20 +241,20 @@ def run_served(results, args, bundle_path, mixed, short, mode, concurrencies, ou
         results["loadavg"]["served"] = round(os.getloadavg()[0], 2)
         if model is not None:
             log("(c) overhead at concurrency 1: each request over HTTP, then in-process")
-            served["paired_overhead"] = serve_load.paired_overhead(system.url, mixed, model.predict_one, timeout_s,
-                                                                   thread_sweep(model))
+            served["paired_overhead"] = paired_overhead(system.url, mixed, model.predict_one, timeout_s,
+                                                        thread_sweep(model))
             log(f"(c) paired overhead p50 {served['paired_overhead']['difference']['p50_ms']} ms")
         if "scenario" not in skip:
             served["text_batching"] = text_batching_scenario(system, config, short, mode, timeout_s, out)
         if args.profile:
             log("(c) profiling at concurrency 16")
-            served["profile"] = serve_load.profile_level(system, mixed, 16, mode["profile_s"], out)
+            served["profile"] = profile_level(system, mixed, 16, mode["profile_s"], out)
         served["replica_timeline"] = system.poller.timeline if system.poller else []
         served["status_poll_error"] = system.poller.error if system.poller else None
         served["replica_pids"] = system.sampler.replica_pids()
     finally:
         served["memory"] = system.sampler.memory_report()
-        served.update(serve_load.stop_system(system, out))
+        served.update(stop_system(system, out))
         log("(c) Ray stopped")
 
 
@@ -253,17 +269,18 @@ def work_weights(results: dict, n: int) -> list[float] | None:
 
 def text_batching_scenario(system, config, short, mode, timeout_s, out) -> dict:
     """Text-only short texts at concurrency 16: TextEncoder batching as configured, then off."""
-    from benchmarks import serve_load
+    from benchmarks.served_config import derive_config, deployment_option
+    from benchmarks.served_system import wait_reconfigured
+    from harness import serve_run
 
-    configured = serve_load.deployment_option(config, "TextEncoder", "user_config", default={}) or {}
+    configured = deployment_option(config, "TextEncoder", "user_config", default={}) or {}
     runs = {}
     for name, user_config in (("configured", configured), ("batching_off", {**configured, "max_batch_size": 1})):
         if name != "configured":
-            changed = serve_load.derive_config(system.config_path, Path(config["applications"][0]["args"]["bundle"]),
-                                               config["http_options"]["port"],
-                                               {"TextEncoder.user_config": user_config})
-            serve_load.serve_run(system.head, changed, out / "serve_config.batching_off.yaml")
-            serve_load.wait_reconfigured()
+            changed = derive_config(system.config_path, Path(config["applications"][0]["args"]["bundle"]),
+                                    config["http_options"]["port"], {"TextEncoder.user_config": user_config})
+            serve_run(system.head, changed, out / "serve_config.batching_off.yaml")
+            wait_reconfigured()
         log(f"(c) text-only c=16, TextEncoder {user_config}")
         run = system.run_level(short, 16, mode["scenario_s"], min(mode["warmup_s"], 5), timeout_s, f"text-{name}")
         run["user_config"] = user_config
@@ -295,7 +312,4 @@ def _interrupt(signum, frame):
 
 
 if __name__ == "__main__":
-    import signal
-
-    signal.signal(signal.SIGTERM, _interrupt)
-    main()
+    raise SystemExit(main())

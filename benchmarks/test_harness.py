@@ -7,17 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.bench_report import settle_note
+from benchmarks.closed_loop import stats_delta, summarize_level
 from benchmarks.inprocess import closed_loop_fifo
-from benchmarks.metrics import summarize
-from benchmarks.report import evaluate, settle_note
-from benchmarks.serve_load import (
-    derive_config,
-    role_of,
-    scale_up_trigger,
-    stats_delta,
-    summarize_collapsed,
-    summarize_level,
-)
+from benchmarks.latency_stats import summarize
+from benchmarks.profiling import summarize_collapsed
+from benchmarks.served_config import derive_config, scale_up_trigger
+from benchmarks.targets import evaluate
+from harness import role_of
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,6 +78,8 @@ def test_process_roles_from_ray_titles():
     assert role_of(["ray::ServeReplica:sentiment:TextEncoder"], "python") == "TextEncoder"
     assert role_of(["ray::ProxyActor"], "python") == "Proxy"
     assert role_of(["/usr/bin/raylet", "--x"], "raylet") == "ray-system"
+    # While a replica runs a method, Ray appends it to the title.
+    assert role_of(["ray::ServeReplica:sentiment:AudioEncoder.handle_request"]) == "AudioEncoder"
 
 
 def test_collapsed_stacks_shares():

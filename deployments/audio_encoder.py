@@ -7,13 +7,18 @@ import asyncio
 import torch
 from ray import serve
 
-from deployments.batching import batched
-from deployments.runtime import ModelReplica
+from deployments.batcher import batched
+from deployments.replica import ModelReplica
 from model.audio_encoder import AudioEncoder
 from model.bundle import Bundle
 
 
-@serve.deployment(name="AudioEncoder", ray_actor_options={"num_cpus": 0.5})
+# Defaults equal serve_config.yaml's AudioEncoder entry (tests/test_cluster_manifests.py checks).
+BATCHING = {"max_batch_size": 4, "batch_wait_timeout_s": 0.0}
+
+
+@serve.deployment(name="AudioEncoder", ray_actor_options={"num_cpus": 0.45}, max_ongoing_requests=16,
+                  max_queued_requests=32, user_config=BATCHING)
 class AudioEncoderDeployment(ModelReplica):
     batched_method = "encode"
 
@@ -26,7 +31,7 @@ class AudioEncoderDeployment(ModelReplica):
         self.stats.record(len(waveforms))
         return self.encoder.encode_each(waveforms)
 
-    @batched(max_batch_size=4)
+    @batched(**BATCHING)
     async def encode(self, waveforms: list[torch.Tensor]) -> list[torch.Tensor]:
         return await asyncio.to_thread(self._encode_batch, waveforms)
 

@@ -7,13 +7,18 @@ import asyncio
 import torch
 from ray import serve
 
-from deployments.batching import batched
-from deployments.runtime import ModelReplica
+from deployments.batcher import batched
+from deployments.replica import ModelReplica
 from model.bundle import Bundle
-from model.inference import FusionItem, fuse
+from model.pipeline import FusionItem, fuse
 
 
-@serve.deployment(name="FusionHead", ray_actor_options={"num_cpus": 0.25})
+# Defaults equal serve_config.yaml's FusionHead entry (tests/test_cluster_manifests.py checks).
+BATCHING = {"max_batch_size": 32, "batch_wait_timeout_s": 0.0}
+
+
+@serve.deployment(name="FusionHead", ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64,
+                  max_queued_requests=128, user_config=BATCHING)
 class FusionHeadDeployment(ModelReplica):
     batched_method = "fuse"
 
@@ -30,7 +35,7 @@ class FusionHeadDeployment(ModelReplica):
                 result.pop("attention", None)
         return results
 
-    @batched(max_batch_size=16)
+    @batched(**BATCHING)
     async def fuse(self, text: list, audio: list, explain: list[bool]) -> list[dict]:
         items = [FusionItem(text=t["hidden"] if t is not None else None, audio=a) for t, a in zip(text, audio)]
         return await asyncio.to_thread(self._fuse_batch, items, explain)

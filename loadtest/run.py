@@ -18,25 +18,19 @@ import contextlib
 import csv
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-import httpx
 import psutil
 import yaml
 
+from harness import RAY_SYSTEM, free_port, role_of, wait_healthy
+
 ROOT = Path(__file__).resolve().parent.parent
 APP = "sentiment"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def app_args(config_path: Path, bundle: Path) -> dict:
@@ -63,19 +57,6 @@ def pick_bundle(requested: str | None, out: Path) -> Path:
     return tiny
 
 
-def role_of(proc: psutil.Process) -> str | None:
-    with contextlib.suppress(psutil.Error):
-        title = " ".join(proc.cmdline())
-        if title.startswith("ray::ServeReplica:"):
-            # "ray::ServeReplica:<app>:<Deployment>", with ".<method>" appended while busy.
-            return title.split()[0].split(":")[-1].split(".")[0]
-        if title.startswith("ray::ProxyActor"):
-            return "Proxy"
-        if title.startswith("ray::ServeController"):
-            return "Controller"
-    return None
-
-
 class MemorySampler(threading.Thread):
     """RSS (MiB) summed per Serve process role, every ``interval_s``, for this process's Ray."""
 
@@ -89,25 +70,15 @@ class MemorySampler(threading.Thread):
         while not self._halt.wait(self.interval_s):
             totals: dict[str, float] = collections.defaultdict(float)
             for proc in me.children(recursive=True):
-                role = role_of(proc)
-                if role:
-                    with contextlib.suppress(psutil.Error):
+                with contextlib.suppress(psutil.Error):
+                    role = role_of(proc.cmdline())
+                    if role != RAY_SYSTEM:  # Serve's processes only: their memory is what a soak watches
                         totals[role] += proc.memory_info().rss / 2**20
             self.rows.append({"second": round(time.monotonic() - self._t0), **{k: round(v) for k, v in totals.items()}})
 
     def stop(self) -> None:
         self._halt.set()
         self.join(timeout=10)
-
-
-def wait_healthy(url: str, timeout_s: float) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout_s:
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return time.monotonic() - start
-        time.sleep(0.25)
-    raise TimeoutError(f"{url}/healthz not healthy within {timeout_s} s")
 
 
 def summarize(timeline: Path, memory: list[dict], healthz_after_s: float, args) -> dict:
@@ -175,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         url = f"http://127.0.0.1:{port}"
         serve.run(build_app(app_args(Path(args.config), bundle)), name=APP, route_prefix="/")
-        wait_healthy(url, 300)
+        wait_healthy(url, 300, interval_s=0.25, request_timeout_s=2)
         print(f"serving {bundle} at {url}; load: {args.users} users for {args.duration}", flush=True)
         sampler.start()
         timeline = out / "timeline.csv"
@@ -187,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
              "--exit-code-on-error", "0"],
             env=env, check=True, timeout=24 * 3600,
         )
-        healthz_after_s = wait_healthy(url, 60)
+        # Fine-grained polling: how soon /healthz recovers after the load is a result.
+        healthz_after_s = wait_healthy(url, 60, interval_s=0.25, request_timeout_s=2)
         time.sleep(2 * sampler.interval_s)  # one more memory sample after the load
         sampler.stop()
         summary = summarize(timeline, sampler.rows, healthz_after_s, args)

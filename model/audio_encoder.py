@@ -1,13 +1,56 @@
-"""Wav2Vec2-family audio encoder that returns frame-level hidden states."""
+"""The Wav2Vec2-family audio encoder: waveforms in, frame-level hidden states out.
+
+``AudioEncoderFacts`` gives what callers need to know about an encoder (its rate,
+frame length, shortest encodable clip) from its config files alone, without weights.
+"""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import numpy as np
 import torch
-from transformers import AutoFeatureExtractor
+from transformers import AutoConfig, AutoFeatureExtractor
 
 from model.device import load_pretrained_model, pick_device
-from model.features import EncodedBatch, encode_in_buckets
+from model.encoded import EncodedBatch, encode_in_buckets
+
+
+def receptive_field(conv_kernel, conv_stride) -> int:
+    """Samples a Wav2Vec2 feature encoder needs to produce one frame."""
+    size, jump = 1, 1
+    for kernel, stride in zip(conv_kernel, conv_stride):
+        size += (kernel - 1) * jump
+        jump *= stride
+    return size
+
+
+@dataclass(frozen=True)
+class AudioEncoderFacts:
+    """An audio encoder's timing facts, read from its config and feature extractor (no weights)."""
+
+    sampling_rate: int  # Hz the encoder expects
+    frame_seconds: float  # audio time between two output frames
+    receptive_field: int  # samples needed for one output frame
+
+    @property
+    def min_seconds(self) -> float:
+        """The shortest clip the encoder can encode at all."""
+        return self.receptive_field / self.sampling_rate
+
+    @classmethod
+    def from_config(cls, config, sampling_rate: int) -> "AudioEncoderFacts":
+        return cls(sampling_rate=int(sampling_rate),
+                   frame_seconds=math.prod(config.conv_stride) / int(sampling_rate),
+                   receptive_field=receptive_field(config.conv_kernel, config.conv_stride))
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str) -> "AudioEncoderFacts":
+        """From a hub id or checkpoint folder; reads only config.json and preprocessor_config.json."""
+        config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=False)
+        extractor = AutoFeatureExtractor.from_pretrained(name_or_path, trust_remote_code=False)
+        return cls.from_config(config, extractor.sampling_rate)
 
 
 class AudioEncoder:
@@ -26,6 +69,10 @@ class AudioEncoder:
     @property
     def sampling_rate(self) -> int:
         return int(self.feature_extractor.sampling_rate)
+
+    @property
+    def facts(self) -> AudioEncoderFacts:
+        return AudioEncoderFacts.from_config(self.model.config, self.sampling_rate)
 
     @property
     def hidden_size(self) -> int:

@@ -1,8 +1,10 @@
-"""The model bundle: a folder with ``bundle.json`` and ``fusion.safetensors``.
+"""The model bundle: a folder with ``bundle.json`` and ``fusion.safetensors``, saved and loaded.
 
 ``bundle.json`` names the text and audio checkpoints (hub id, or a path relative
-to the bundle), the fusion config, the labels, a version, and, once trained,
-metrics and data provenance. Only safetensors are ever read.
+to the bundle), the fusion config (its ``architecture`` picks the head class from
+``model.fusion``'s registry; absent in older bundles, it defaults to
+``cross_modal_attention``), the labels, a version, and, once trained, metrics and
+data provenance. Only safetensors are ever read.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from model.errors import BundleError
-from model.fusion import FusionConfig, FusionHead
+from model.fusion import FusionConfig, FusionHead, build_head, head_class
 
 BUNDLE_FILE = "bundle.json"
 WEIGHTS_FILE = "fusion.safetensors"
@@ -95,13 +97,13 @@ class Bundle:
             meta = json.loads(meta_file.read_text())
             if meta.get("format_version") != FORMAT_VERSION:
                 raise BundleError(f"unsupported bundle format_version {meta.get('format_version')!r}")
-            return cls(
+            bundle = cls(
                 name=meta["name"],
                 version=str(meta["version"]),
                 text_encoder=meta["text_encoder"]["name_or_path"],
                 text_max_length=int(meta["text_encoder"].get("max_length", 128)),
                 audio_encoder=meta["audio_encoder"]["name_or_path"],
-                fusion=FusionConfig(**meta["fusion"]),
+                fusion=FusionConfig.from_dict(meta["fusion"]),
                 trained=bool(meta.get("trained", False)),
                 regression_trained=bool(meta.get("regression_trained", False)),
                 label_values=dict(meta.get("label_values", {})),
@@ -110,6 +112,8 @@ class Bundle:
                 notes=list(meta.get("notes", [])),
                 path=path.resolve(),
             )
+            head_class(bundle.fusion.architecture)  # an unknown architecture fails here, at load
+            return bundle
         except BundleError:
             raise
         except (ValueError, KeyError, TypeError) as exc:
@@ -118,7 +122,7 @@ class Bundle:
     def load_fusion(self) -> FusionHead:
         if self.path is None:
             raise BundleError("bundle has no folder to load weights from")
-        head = FusionHead(self.fusion)
+        head = build_head(self.fusion)
         try:
             state = load_file(str(self.path / WEIGHTS_FILE))
             head.load_state_dict(state, strict=True)

@@ -1,7 +1,7 @@
 """Typed errors raised by the model layer.
 
 Each input error carries a stable ``code`` that the HTTP layer maps to a 4xx
-status in one place (``deployments/api.py``); nothing here knows about HTTP.
+status in one place (``deployments/http/errors.py``); nothing here knows about HTTP.
 """
 
 

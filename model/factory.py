@@ -21,7 +21,7 @@ from transformers import (
 )
 
 from model.bundle import Bundle
-from model.fusion import FusionConfig, FusionHead
+from model.fusion import FusionConfig, build_head
 
 # Keyword overrides on top of transformers' defaults, which are bert-base-uncased
 # and facebook/wav2vec2-base: same shapes and FLOPs as the real checkpoints.
@@ -106,7 +106,7 @@ def save_untrained_bundle(
         fusion=config, trained=False,
         notes=["UNTRAINED: the fusion head has random weights; predictions are meaningless."],
     )
-    bundle.save(out_dir, FusionHead(config))
+    bundle.save(out_dir, build_head(config))
     return bundle
 
 

@@ -1,4 +1,4 @@
-"""BERT-family text encoder that returns token-level hidden states."""
+"""The BERT-family text encoder: texts in, token-level hidden states out."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import torch
 from transformers import AutoTokenizer
 
 from model.device import load_pretrained_model, pick_device
-from model.features import EncodedBatch, encode_in_buckets
+from model.encoded import EncodedBatch, encode_in_buckets
 
 
 class TextEncoder:
@@ -31,11 +31,6 @@ class TextEncoder:
         return self.tokenizer(
             texts, padding="longest", truncation=True, max_length=self.max_length, return_tensors="pt"
         )
-
-    def tokens(self, text: str) -> list[str]:
-        """The token strings the model sees for ``text``, special tokens included."""
-        ids = self.tokenize([text])["input_ids"][0].tolist()
-        return self.tokenizer.convert_ids_to_tokens(ids)
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, truncation=False)["input_ids"])

@@ -1,33 +1,29 @@
 """Shared fixtures: tiny locally-built checkpoints and one real local Ray cluster.
 
-Starting Ray and Serve costs tens of seconds on 2 cores, so the whole session
-shares one cluster; test modules deploy their own applications onto it.
+Starting Ray and Serve is the slowest step of the suite, so the whole session
+shares one cluster; test modules deploy their own applications onto it. Ports,
+health waits and subprocess paths come from ``harness`` (shared with benchmarks/ and
+loadtest/); ``free_port``, ``wait_healthy`` and ``repo_pythonpath`` stay importable from here.
 """
 
 from __future__ import annotations
 
 import os
-import socket
-import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 
 from deployments import ray_env
+from harness import free_port, repo_pythonpath, wait_healthy
+
+__all__ = ["deploy", "free_port", "repo_pythonpath", "tone", "wait_healthy"]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -43,13 +39,6 @@ def tiny_bundle(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("bundles") / "tiny"
     save_tiny_bundle(path)
     return path
-
-
-def repo_pythonpath() -> str:
-    """PYTHONPATH for a subprocess: this checkout first, then whatever the caller had
-    (an install with ``pip --target`` lives only on PYTHONPATH)."""
-    repo = str(Path(__file__).resolve().parent.parent)
-    return os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))
 
 
 def tone(seconds: float = 1.0, rate: int = 16_000, freq: float = 220.0) -> np.ndarray:
@@ -79,18 +68,6 @@ def ray_cluster():
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
     ray.shutdown()
-
-
-def wait_healthy(url: str, timeout_s: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url}/healthz did not become healthy in {timeout_s} s")
 
 
 def deploy(url: str, args: dict, name: str = "sentiment", route_prefix: str = "/") -> str:

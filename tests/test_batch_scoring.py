@@ -1,7 +1,7 @@
 """Batch scoring (Ray Data) gives the same answers as the real HTTP API, row for row.
 
 A generated manifest of 200 rows (text only, audio only, both, and bad rows of every kind)
-is scored by ``deployments.batch``: first through its command line on part of the manifest,
+is scored by ``jobs`` (``python -m jobs``): first through its command line on part of the manifest,
 then in-process on all of it, which must resume and skip what the first run wrote. Every
 row that could also be an HTTP request is sent to the served app (conftest ``served_app``,
 the real Serve deployment over real HTTP) and the two answers are compared: labels, scores
@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from deployments.batch import BatchResources, feature_arrays, read_shards, run
+from jobs.run import BatchResources, manifest_rows, run
+from jobs.tables import feature_arrays, read_shards
 from tests.conftest import repo_pythonpath
 
 REPO = Path(__file__).resolve().parent.parent
@@ -117,7 +118,7 @@ def scored(tmp_path_factory, tiny_bundle, ray_cluster):
     # 1. The README's command line, on the first 60 rows, against the session's cluster.
     env = dict(os.environ, PYTHONPATH=repo_pythonpath(), RAY_AUTH_MODE="token")
     cli = subprocess.run(
-        [sys.executable, "-m", "deployments.batch", "score", "--manifest", str(manifest), "--bundle", str(tiny_bundle),
+        [sys.executable, "-m", "jobs", "score", "--manifest", str(manifest), "--bundle", str(tiny_bundle),
          "--out", str(out), "--limit", "60", "--address", ray.get_runtime_context().gcs_address,
          "--max-actors", "1", "--actor-cpus", "0.2", "--decode-cpus", "0.2", "--no-progress"],
         env=env, cwd=REPO, capture_output=True, text=True, timeout=300,
@@ -161,10 +162,8 @@ def test_bad_rows_are_recorded_not_fatal(scored):
 @pytest.mark.slow
 def test_same_answers_as_the_http_api(scored, served_app):
     manifest, kinds, out, first, second = scored
-    from deployments.batch import read_manifest
-
     batch = {r["id"]: r for r in read_shards(out).to_pylist()}
-    requests = [r for r in read_manifest(manifest) if kinds[r["id"]] not in BATCH_ONLY]
+    requests = [r for r in manifest_rows(manifest) if kinds[r["id"]] not in BATCH_ONLY]
     with httpx.Client() as client, ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda r: http_answer(client, served_app, r), requests))
 
@@ -224,8 +223,6 @@ def test_csv_manifest_reads_like_jsonl(tmp_path):
     """No Ray: the CSV reader yields the same rows as JSONL (blank cells are missing values)."""
     import csv
 
-    from deployments.batch import read_manifest
-
     rows = [{"id": "a", "text": "hello", "audio_path": "", "split": "test", "label": "positive", "score": "1.5"},
             {"id": "b", "text": "", "audio_path": "clips/b.wav", "split": "", "label": "", "score": ""},
             {"id": "a", "text": "again", "audio_path": "", "split": "", "label": "", "score": ""}]
@@ -234,11 +231,38 @@ def test_csv_manifest_reads_like_jsonl(tmp_path):
         writer.writeheader()
         writer.writerows(rows)
     (tmp_path / "m.jsonl").write_text("\n".join(json.dumps({k: v for k, v in r.items() if v}) for r in rows))
-    from_csv, from_jsonl = read_manifest(tmp_path / "m.csv"), read_manifest(tmp_path / "m.jsonl")
+    from_csv, from_jsonl = manifest_rows(tmp_path / "m.csv"), manifest_rows(tmp_path / "m.jsonl")
     assert from_csv == from_jsonl
     assert from_csv[0]["score"] == 1.5 and from_csv[0]["audio_path"] is None
     assert from_csv[1]["text"] is None and from_csv[1]["audio_path"] == str(tmp_path / "clips" / "b.wav")
     assert from_csv[2]["id"] == "a#dup1" and from_csv[2]["error_code"] == "duplicate_id"
+
+
+def test_jobs_apply_the_service_audio_limits(tmp_path):
+    """No Ray: the decode stage enforces the service's sample_rates and min_audio_seconds
+    (through ``Limits.audio_limits``, as the driver does), not the decoder's defaults."""
+    import pyarrow as pa
+
+    from deployments.http.schema import Limits
+    from jobs.stages import decode_stage
+
+    write_audio(tmp_path / "r22.wav", 1.0, 22_050, 220)
+    write_audio(tmp_path / "short.wav", 0.3, 16_000, 220)
+    write_audio(tmp_path / "ok.wav", 1.0, 16_000, 220)
+    (tmp_path / "m.jsonl").write_text("\n".join(
+        json.dumps({"id": name, "audio_path": f"{name}.wav"}) for name in ("r22", "short", "ok")) + "\n")
+    rows = manifest_rows(tmp_path / "m.jsonl")
+    limits = Limits(sample_rates=[16_000], min_audio_seconds=0.5)
+
+    def decoded(limits: Limits, min_seconds: float = 0.0) -> dict:
+        out = decode_stage(pa.Table.from_pylist(rows), 16_000, limits.model_dump(), min_seconds)
+        return {r["id"]: r["error_code"] for r in out.to_pylist()}
+
+    assert decoded(limits) == {"r22": "audio_format_not_allowed", "short": "audio_too_short", "ok": None}
+    assert decoded(Limits()) == {"r22": None, "short": None, "ok": None}
+    # The encoder's receptive field is a floor on min_audio_seconds, never a replacement.
+    assert decoded(Limits(), min_seconds=0.5)["short"] == "audio_too_short"
+    assert limits.audio_limits(min_seconds=0.01).min_seconds == 0.5
 
 
 @pytest.mark.slow
@@ -248,11 +272,12 @@ def test_features_fill_the_training_cache(tmp_path, ray_cluster, tiny_bundle):
 
     from model.audio_encoder import AudioEncoder
     from model.bundle import Bundle
-    from model.feature_cache import audio_features, encoder_fingerprint, text_features
-    from model.feature_table import FeatureTableMismatch, PrecomputedFeatures
-    from model.manifest import load_manifest
+    from model.data.feature_table import FeatureTableMismatch, PrecomputedFeatures
+    from model.data.manifest import load_manifest
     from model.text_encoder import TextEncoder
-    from model.train import TrainConfig, train
+    from model.training.cli import train
+    from model.training.config import TrainConfig
+    from model.training.feature_cache import audio_features, encoder_fingerprint, text_features
 
     manifest_path = make_dataset(tmp_path / "data")
     table = tmp_path / "features"

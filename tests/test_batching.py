@@ -1,11 +1,11 @@
-"""The replica batcher (deployments.batching), on a plain asyncio loop: no Ray needed."""
+"""The replica batcher (deployments.batcher), on a plain asyncio loop: no Ray needed."""
 
 import asyncio
 import time
 
 import pytest
 
-from deployments.batching import batched
+from deployments.batcher import batched
 
 
 class SlowModel:

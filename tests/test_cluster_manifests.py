@@ -2,8 +2,9 @@
 
 Docker and Kubernetes do not run here, so everything is checked by construction:
 
-* structure, always: serveConfigV2 is what ``python -m cluster.generate`` makes from
-  serve_config.yaml (drift fails), it passes Ray's own ``ServeDeploySchema`` and the app's
+* structure, always: serveConfigV2 and serve_config.gpu.yaml are what ``python -m
+  cluster.generate`` makes from serve_config.yaml (drift fails); the @serve.deployment
+  defaults equal serve_config.yaml; each config passes Ray's own ``ServeDeploySchema`` and the app's
   ``AppArgs``; head without CPUs, GPU workers with requests, limits and tolerations,
   autoscaling, readiness through Serve, the Service on 8000, image tags matching the pinned
   Ray; the Dockerfile only names files that exist; job entrypoints parse with the real CLIs.
@@ -85,23 +86,87 @@ def quantity(value) -> float:
 # ---- serveConfigV2: generated, current, valid -------------------------------------
 
 
-def test_serve_config_v2_is_generated_from_serve_config():
+def test_generated_configs_are_current():
     for variant in generate.VARIANTS:
-        assert variant.manifest.read_text() == generate.render_manifest(variant), (
-            f"{variant.manifest.name} is out of date: run `python -m cluster.generate`")
+        assert variant.target.read_text() == generate.render(variant), (
+            f"{variant.target.name} is out of date: run `python -m cluster.generate`")
     assert generate.main(["--check"]) == 0
 
 
-def test_drift_is_detected(tmp_path):
-    """A change to serve_config.yaml that the manifest does not carry must be caught."""
+@pytest.mark.parametrize("variant", generate.VARIANTS, ids=lambda v: v.name)
+def test_drift_is_detected(tmp_path, variant):
+    """A change to serve_config.yaml that a generated file does not carry must be caught."""
     base = yaml.safe_load((REPO / "serve_config.yaml").read_text())
     base["applications"][0]["args"]["settings"]["limits"]["max_text_chars"] += 1
     changed = tmp_path / "serve_config.yaml"
     changed.write_text(yaml.safe_dump(base, sort_keys=False))
-    variant = generate.VARIANTS[0]
-    regenerated = generate.splice(variant.manifest.read_text(),
-                                  generate.render_block(generate.cluster_config(variant, changed), variant))
-    assert regenerated != variant.manifest.read_text()
+    assert generate.render(variant, changed) != variant.target.read_text()
+
+
+def test_gpu_config_is_the_laptop_config_with_gpus():
+    """serve_config.gpu.yaml: every deployment of serve_config.yaml, model deployments on GPU
+    fractions that fit one card, full batches possible, and the laptop's bind address."""
+    from ray.serve.schema import ServeDeploySchema
+
+    from deployments.app import AppArgs
+
+    config = yaml.safe_load((REPO / "serve_config.gpu.yaml").read_text())
+    ServeDeploySchema.model_validate(config)
+    [app] = config["applications"]
+    AppArgs(**app["args"])
+    assert config["http_options"]["host"] == "127.0.0.1"
+    deps, laptop = deployments(config), deployments(yaml.safe_load((REPO / "serve_config.yaml").read_text()))
+    assert list(deps) == list(laptop)
+    gpus = {n: deps[n]["ray_actor_options"].get("num_gpus", 0) for n in MODEL_DEPLOYMENTS}
+    assert all(0 < g <= 1 for g in gpus.values()) and sum(gpus.values()) <= 1.0 + 1e-9, gpus
+    for name in MODEL_DEPLOYMENTS:
+        assert deps[name]["max_ongoing_requests"] >= deps[name]["user_config"]["max_batch_size"]
+        assert deps[name]["user_config"]["max_batch_size"] > laptop[name]["user_config"]["max_batch_size"]
+
+
+def _code_deployments() -> dict:
+    from deployments.app import AudioEncoderDeployment, Driver, FusionHeadDeployment, TextEncoderDeployment
+
+    return {d.name: d for d in (Driver, TextEncoderDeployment, AudioEncoderDeployment, FusionHeadDeployment)}
+
+
+def _plain(value):
+    """An option as serve_config.yaml writes it (pydantic configs as dicts)."""
+    return value.model_dump(exclude_unset=True) if hasattr(value, "model_dump") else value
+
+
+def test_decorator_defaults_equal_serve_config():
+    """serve_config.yaml is the one source of resources, queue bounds and batch sizes: every
+    option a @serve.deployment decorator sets must be there too, with the same value."""
+    from deployments.replica import BatchingConfig
+
+    laptop = deployments(yaml.safe_load((REPO / "serve_config.yaml").read_text()))
+    code = _code_deployments()
+    assert set(code) == set(laptop)
+    for name, deployment in code.items():
+        config = deployment._deployment_config
+        options = set(config.user_configured_option_names) - {"name"}
+        required = {"ray_actor_options", "max_ongoing_requests", "max_queued_requests"}
+        if name in MODEL_DEPLOYMENTS:
+            required.add("user_config")
+        assert required <= options, (name, required - options)
+        for option in sorted(options):
+            assert option in laptop[name], f"{name}: the decorator sets {option}, serve_config.yaml does not"
+            in_code = _plain(getattr(deployment, option, None) if option in ("ray_actor_options", "user_config")
+                             else getattr(config, option))
+            assert in_code == laptop[name][option], (
+                f"{name}.{option}: decorator {in_code!r} != serve_config.yaml {laptop[name][option]!r}")
+        if name in MODEL_DEPLOYMENTS:
+            BatchingConfig(**deployment.user_config)
+
+
+def test_decorator_check_catches_a_contradiction(monkeypatch):
+    """The check above is not vacuous: a decorator default that differs from the file fails it."""
+    text = deployments(yaml.safe_load((REPO / "serve_config.yaml").read_text()))["TextEncoder"]
+    changed = _code_deployments()["TextEncoder"].options(max_ongoing_requests=text["max_ongoing_requests"] + 1)
+    monkeypatch.setattr("deployments.app.TextEncoderDeployment", changed)
+    with pytest.raises(AssertionError, match="TextEncoder.max_ongoing_requests"):
+        test_decorator_defaults_equal_serve_config()
 
 
 def test_overlay_rejects_unknown_deployments():
@@ -185,7 +250,7 @@ def test_head_and_worker_groups(name, flavour):
     spec = cluster_spec(doc)
     assert spec["rayVersion"] == RAY_VERSION
     assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
-    if doc["kind"] == "RayService" or "deployments.batch" in doc["spec"]["entrypoint"]:
+    if doc["kind"] == "RayService" or "-m jobs" in doc["spec"]["entrypoint"]:
         assert spec["enableInTreeAutoscaling"] is True
     for group in spec["workerGroupSpecs"]:
         assert 0 <= group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
@@ -262,11 +327,11 @@ def test_volumes_and_secrets(name):
 
 
 def test_batch_job_entrypoint_parses_with_the_real_cli():
-    from deployments.batch import build_parser
+    from jobs.cli import build_parser
 
     doc = load("rayjob-batch.yaml")
     argv = shlex.split(doc["spec"]["entrypoint"])
-    assert argv[:3] == ["python", "-m", "deployments.batch"]
+    assert argv[:3] == ["python", "-m", "jobs"]
     args = build_parser().parse_args(argv[3:])
     assert args.mode == "score"
     head = dict(pod_specs(doc))["head"]
@@ -275,12 +340,10 @@ def test_batch_job_entrypoint_parses_with_the_real_cli():
 
 
 def test_train_job_entrypoint_parses_with_the_real_cli():
-    if not (REPO / "model" / "train.py").is_file():
-        pytest.skip("model/train.py is not written yet")
-    from model.train import build_parser
+    from model.training.config import build_parser
 
     argv = shlex.split(load("rayjob-train.yaml")["spec"]["entrypoint"])
-    assert argv[:3] == ["python", "-m", "model.train"]
+    assert argv[:3] == ["python", "-m", "model.training"]
     args = build_parser().parse_args(argv[3:])
     assert str(args.out).startswith("/models/") and str(args.manifest).startswith("/data/")
 
@@ -370,7 +433,7 @@ def test_readme_names_real_files_and_commands():
         assert (REPO / path).exists(), f"cluster/README.md names {path}, which does not exist"
     for step in ("helm install kuberay-operator", "kubectl apply -f cluster/rayservice.yaml",
                  "kubectl port-forward", "python -m cluster.generate", "docker build",
-                 "python -m deployments.batch score", "kubectl apply -f cluster/rayjob-batch.yaml"):
+                 "python -m jobs score", "kubectl apply -f cluster/rayjob-batch.yaml"):
         assert step in readme, step
 
 

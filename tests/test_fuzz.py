@@ -18,8 +18,9 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from deployments.api import Limits, ServiceError, status_for
-from deployments.request_parsing import read_predict_request
+from deployments.http.errors import ServiceError, status_for
+from deployments.http.parsing import read_predict_request
+from deployments.http.schema import Limits
 from model.audio import STANDARD_SAMPLE_RATES, AudioLimits, decode_audio
 from model.errors import ModelInputError
 

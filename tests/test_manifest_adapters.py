@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from model import adapters
-from model.manifest import Item, ManifestError, load_manifest, save_manifest
-from model.train import TrainConfig, TrainingDataError, prepare_data
-from model.validate import validate_manifest
+from model.data import adapters
+from model.data.manifest import Item, ManifestError, load_manifest, read_manifest_rows, save_manifest
+from model.data.validate import validate_manifest
+from model.training.config import TrainConfig
+from model.training.prepare import TrainingDataError, prepare_data
 
 
 def write_wav(path: Path, seconds: float = 0.2, rate: int = 16_000) -> Path:
@@ -73,6 +74,55 @@ def test_manifest_missing_columns(tmp_path):
     path = write_csv(tmp_path / "n.csv", ["id", "text", "audio_path", "split"], [["a", "x", "", "train"]])
     with pytest.raises(ManifestError, match="'label' column, a 'score' column"):
         load_manifest(path)
+
+
+def test_lenient_mode_keeps_every_row_and_records_its_error(tmp_path):
+    """Scoring reads leniently: CSV and JSONL give the same rows; bad rows carry an error."""
+    rows = [{"id": "a", "text": "hello", "audio_path": "", "split": "test", "label": "positive", "score": "1.5"},
+            {"id": "b", "text": "", "audio_path": "clips/b.wav", "split": "", "label": "", "score": "high"},
+            {"id": "a", "text": "again", "audio_path": "", "split": "", "label": "", "score": ""},
+            {"id": "", "text": "no id", "audio_path": "", "split": "", "label": "", "score": ""}]
+    write_csv(tmp_path / "m.csv", list(rows[0]), [list(r.values()) for r in rows])
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps({k: v for k, v in r.items() if v}) for r in rows))
+    from_csv, from_jsonl = read_manifest_rows(tmp_path / "m.csv"), read_manifest_rows(tmp_path / "m.jsonl")
+    fields = lambda m: [(r.number, r.id, r.text, r.audio_path, r.split, r.label, r.score, r.error) for r in m.rows]  # noqa: E731
+    assert fields(from_csv)[:3] == fields(from_jsonl)[:3]
+    assert from_jsonl.rows[3].id == "line-4"  # a missing id is named after its line, which differs in CSV
+    first, second, dup, anonymous = from_csv.rows
+    assert (first.score, first.audio_path, first.error) == (1.5, None, None)
+    assert second.text is None and second.score is None  # blank and unparseable values are missing, not errors
+    assert from_csv.audio_file(second) == tmp_path.resolve() / "clips" / "b.wav"
+    assert (dup.id, dup.error.code) == ("a#dup1", "duplicate_id")
+    assert (anonymous.id, anonymous.error.code) == ("line-5", "missing_id")
+    assert [r.id for r in from_csv.errors] == ["a#dup1", "line-5"]
+
+
+def test_lenient_mode_for_the_ui_tab(tmp_path):
+    (tmp_path / "m.csv").write_text('\ufeffID,Text,Audio\nx,"Hello, there",a.wav\n,,b.wav\n')
+    (tmp_path / "m.jsonl").write_text('{"id": "x", "text": "Hello, there", "audio": "a.wav"}\n\n'
+                                      '{"audio_path": "b.wav"}\nnot json\n["a list"]\n')
+    expected = [(1, "x", "Hello, there", "a.wav"), (2, "2", None, "b.wav")]
+    read = lambda name: read_manifest_rows(tmp_path / name, require_ids=False)  # noqa: E731
+    assert [(r.number, r.id, r.text, r.audio_path) for r in read("m.csv").rows] == expected
+    rows = read("m.jsonl").rows
+    assert [(r.number, r.id, r.text, r.audio_path) for r in rows[:2]] == expected
+    assert [(r.line, r.error.code) for r in rows[2:]] == [(4, "malformed_row"), (5, "malformed_row")]
+    assert rows[2].error.message.startswith("line 4 is not JSON") and rows[3].error.message == "line 5 is not a JSON object"
+
+
+@pytest.mark.parametrize("name, content, kwargs, message", [
+    ("m.csv", "name,label\nx,y\n", {}, "needs a 'text'"),
+    ("m.csv", "text\n", {}, "no rows"),
+    ("m.csv", "text\na\nb\nc\nd\n", {"max_rows": 3}, "4 rows; the limit is 3"),
+    ("m.csv", "text\n" + "a\n" * 100, {"max_bytes": 50}, "the limit is 50"),
+])
+def test_lenient_mode_refuses_unusable_files(tmp_path, name, content, kwargs, message):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(ManifestError, match=message):
+        read_manifest_rows(tmp_path / name, **kwargs)
+    (tmp_path / "bad.jsonl").write_bytes(b'{"text": "\xff"}\n')
+    with pytest.raises(ManifestError, match="not UTF-8"):
+        read_manifest_rows(tmp_path / "bad.jsonl")
 
 
 # ------------------------------------------------------------------ MMSA adapter

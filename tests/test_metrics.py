@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from model.metrics import (
+from model.training.metrics import (
     accuracy,
     classification_metrics,
     confusion_matrix,

@@ -23,8 +23,8 @@ from model.errors import (
     BundleError,
 )
 from model.factory import save_bert, save_wav2vec2
-from model.fusion import FusionConfig, FusionHead
-from model.inference import FusionItem, SentimentPipeline, fuse
+from model.fusion import ARCHITECTURES, DEFAULT_ARCHITECTURE, FusionConfig, build_head
+from model.pipeline import FusionItem, SentimentPipeline, fuse
 from model.text_encoder import TextEncoder
 from tests.conftest import tone
 
@@ -87,7 +87,7 @@ def _feature(length: int, dim: int, seed: int) -> torch.Tensor:
 @pytest.mark.parametrize("has_text,has_audio", [(True, False), (False, True), (True, True)])
 def test_fusion_with_any_modality(has_text, has_audio):
     config = FusionConfig(text_dim=16, audio_dim=12, d_model=16, n_heads=2, labels=["neg", "neu", "pos"])
-    head = FusionHead(config).eval()
+    head = build_head(config).eval()
     bundle = Bundle("t", "1", "x", "y", config)
     item = FusionItem(_feature(5, 16, 0) if has_text else None, _feature(7, 12, 1) if has_audio else None)
     [result] = fuse(head, bundle, [item], explain=True)
@@ -107,7 +107,7 @@ def test_fusion_with_any_modality(has_text, has_audio):
 
 def test_missing_modality_uses_learned_embedding_not_zeros():
     config = FusionConfig(text_dim=8, audio_dim=8, d_model=8, n_heads=2)
-    head = FusionHead(config).eval()
+    head = build_head(config).eval()
     bundle = Bundle("t", "1", "x", "y", config)
     text = _feature(4, 8, 0)
     [missing] = fuse(head, bundle, [FusionItem(text, None)])
@@ -119,7 +119,7 @@ def test_missing_modality_uses_learned_embedding_not_zeros():
 
 def test_fusion_prediction_is_padding_invariant():
     config = FusionConfig(text_dim=16, audio_dim=12, d_model=16, n_heads=2)
-    head = FusionHead(config).eval()
+    head = build_head(config).eval()
     bundle = Bundle("t", "1", "x", "y", config)
     short = FusionItem(_feature(3, 16, 0), _feature(4, 12, 1))
     long = FusionItem(_feature(30, 16, 2), _feature(50, 12, 3))
@@ -274,7 +274,7 @@ def test_encode_each_matches_one_text_at_a_time(pipeline):
 
 
 def test_length_buckets_keep_padding_small():
-    from model.features import length_buckets
+    from model.encoded import length_buckets
 
     lengths = [100, 10, 140, 12, 30, 101]
     buckets = length_buckets(lengths, max_ratio=1.5)
@@ -282,3 +282,66 @@ def test_length_buckets_keep_padding_small():
     for bucket in buckets:
         assert max(lengths[i] for i in bucket) <= 1.5 * min(lengths[i] for i in bucket)
     assert [sorted(b) for b in buckets] == [[1, 3], [4], [0, 2, 5]]
+
+
+# ---- fusion registry, bundle format, encoder facts ---------------------------------
+
+
+def test_bundles_name_their_fusion_architecture_and_old_ones_default(tiny_bundle, tmp_path):
+    meta = json.loads((tiny_bundle / "bundle.json").read_text())
+    assert meta["fusion"]["architecture"] == DEFAULT_ARCHITECTURE
+    assert isinstance(Bundle.load(tiny_bundle).load_fusion(), ARCHITECTURES[DEFAULT_ARCHITECTURE])
+    # A bundle written before the key existed loads as the cross-modal attention head.
+    old = tmp_path / "old"
+    old.mkdir()
+    del meta["fusion"]["architecture"]
+    (old / "bundle.json").write_text(json.dumps(meta))
+    (old / "fusion.safetensors").write_bytes((tiny_bundle / "fusion.safetensors").read_bytes())
+    assert Bundle.load(old).fusion.architecture == DEFAULT_ARCHITECTURE
+    meta["fusion"]["architecture"] = "no_such_head"
+    (old / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="no_such_head"):
+        Bundle.load(old)
+
+
+def test_the_head_reports_its_token_attention():
+    config = FusionConfig(text_dim=8, audio_dim=6, d_model=8, n_heads=2)
+    head = build_head(config).eval()
+    with torch.no_grad():
+        out = head.run([_feature(3, 8, 0), _feature(5, 8, 1), None], [_feature(4, 6, 2), None, _feature(2, 6, 3)],
+                       explain=True)
+    assert out.has_text.tolist() == [True, True, False] and out.has_audio.tolist() == [True, False, True]
+    assert out.attention[0].shape == (3, 4)  # real tokens x real frames, padding and special slots left out
+    assert out.attention[1] is None and out.attention[2] is None
+    assert head.run([_feature(3, 8, 0)], [_feature(4, 6, 2)]).attention is None  # only when asked
+
+
+def test_audio_encoder_facts_without_weights(tmp_path):
+    from model.audio_encoder import AudioEncoderFacts, receptive_field
+
+    folder = save_wav2vec2(tmp_path / "w2v", "tiny")
+    (folder / "model.safetensors").unlink()  # the facts need the config files only
+    facts = AudioEncoderFacts.from_pretrained(str(folder))
+    assert facts.sampling_rate == 16_000
+    assert facts.frame_seconds == pytest.approx(5 * 4 * 4 / 16_000)
+    assert facts.receptive_field == receptive_field((10, 4, 4), (5, 4, 4)) == 10 + 3 * 5 + 3 * 20
+    assert facts.min_seconds == pytest.approx(facts.receptive_field / 16_000)
+    assert receptive_field((10, 3, 3, 3, 3, 2, 2), (5, 2, 2, 2, 2, 2, 2)) == 400  # wav2vec2-base: 25 ms
+
+
+def test_decode_audio_reads_files_and_segments_like_bytes(tmp_path):
+    samples = tone(1.0, 22_050)
+    path = tmp_path / "a.wav"
+    path.write_bytes(encode_wav(samples, 22_050))
+    assert torch.equal(decode_audio(path, 16_000), decode_audio(path.read_bytes(), 16_000))
+    segment = decode_audio(path, 16_000, AudioLimits.for_files(), start=0.25, end=0.75)
+    assert abs(len(segment) - 8_000) <= 1
+    # Training's limits cut long audio instead of refusing it, and accept any rate.
+    assert len(decode_audio(path, 16_000, AudioLimits.for_files(max_seconds=0.5))) == 8_000
+    with pytest.raises(AudioTooLongError):
+        decode_audio(path, 16_000, AudioLimits(max_seconds=0.5))
+    odd = tmp_path / "odd.wav"
+    odd.write_bytes(encode_wav(tone(0.2, 11_111), 11_111))
+    with pytest.raises(AudioFormatError):
+        decode_audio(odd, 16_000)
+    assert decode_audio(odd, 16_000, AudioLimits.for_files()).shape[0] > 0

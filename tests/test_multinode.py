@@ -17,8 +17,9 @@ What runs (all real, nothing simulated):
 The pytest process itself never calls ``ray.init``, so conftest's session cluster, if
 any, is neither used nor disturbed. Cleanup signals only what this test started: each
 node's process group, then any Ray worker (workers leave their node's group) whose
-environment carries this test's token. Every phase has a deadline; a node whose startup
-misses Ray's own fixed deadlines on a loaded machine is started again (up to 3 tries).
+environment carries this test's token (``harness.pids_with_env``). Every phase has a
+deadline; a node whose startup misses Ray's own fixed deadlines on a loaded machine is
+started again (up to 3 tries).
 
 Run alone with ``pytest tests/test_multinode.py -s`` to see the figures.
 """
@@ -30,7 +31,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,12 +47,6 @@ DEPLOY_S = 240
 DETECT_S = 90
 RECOVER_S = 180
 TOTAL_S = 600
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # ---- the child: connect, deploy, report Serve's status ---------------------------
@@ -131,6 +125,7 @@ import httpx  # noqa: E402
 import pytest  # noqa: E402
 
 from deployments import ray_env  # noqa: E402
+from harness import free_port, node_ports, pids_with_env, port_flags, repo_pythonpath  # noqa: E402
 
 
 def _die_with_parent() -> None:
@@ -139,21 +134,6 @@ def _die_with_parent() -> None:
 
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def processes_with(marker: str) -> list[int]:
-    """Processes whose environment holds ``marker`` (this test's own auth token): exactly
-    ours, including Ray workers, which leave their node's process group (one each)."""
-    found = []
-    needle = marker.encode()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                if needle in (entry / "environ").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                pass
-    return found
 
 
 class RayNode:
@@ -208,17 +188,6 @@ class RayNode:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             pass
-
-
-def node_ports() -> list[str]:
-    # Every port a node opens, chosen here: Ray's fixed defaults (8265, 52365, 10001)
-    # would collide with other clusters on this machine.
-    return [
-        f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
-        f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-        f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
-        "--disable-usage-stats",
-    ]
 
 
 class Timeline:
@@ -318,7 +287,7 @@ def test_encoder_node_outage_and_recovery(tiny_bundle, wav_bytes):
         RAY_USAGE_STATS_ENABLED="0",
         HF_HUB_OFFLINE="1",
         TRANSFORMERS_OFFLINE="1",
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        PYTHONPATH=repo_pythonpath(),
     ))  # the same Serve request path as `make run`
     env.pop("RAY_ADDRESS", None)
     gcs_port, http_port = free_port(), free_port()
@@ -334,8 +303,10 @@ def test_encoder_node_outage_and_recovery(tiny_bundle, wav_bytes):
         # On a loaded machine a raylet can miss Ray's own fixed startup deadlines (30 s to
         # register, ~15 s for its agents); ray start then exits and we try once more.
         for attempt in range(1, attempts + 1):
-            node = RayNode(f"{tag}-{attempt}", [*args, f"--temp-dir={root / f'{tag}-{attempt}'}", *node_ports()],
-                           env, root)
+            # Every port a node opens is chosen here: Ray's fixed defaults would collide with
+            # other clusters on this machine (the head's GCS, client and dashboard ports are in ``args``).
+            node = RayNode(f"{tag}-{attempt}", [*args, f"--temp-dir={root / f'{tag}-{attempt}'}",
+                                                *port_flags(node_ports()), "--disable-usage-stats"], env, root)
             nodes.append(node)
             try:
                 node.wait_started()
@@ -447,9 +418,9 @@ def test_encoder_node_outage_and_recovery(tiny_bundle, wav_bytes):
         # Workers run in process groups of their own and exit when their raylet is gone;
         # give them a moment, then kill any that did not.
         deadline = time.monotonic() + 15
-        while processes_with(marker) and time.monotonic() < deadline:
+        while pids_with_env(marker) and time.monotonic() < deadline:
             time.sleep(0.5)
-        strays = processes_with(marker)
+        strays = pids_with_env(marker)
         for pid in strays:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -458,8 +429,8 @@ def test_encoder_node_outage_and_recovery(tiny_bundle, wav_bytes):
         if strays:
             print(f"killed {len(strays)} worker(s) that outlived their node: {strays}")
             time.sleep(2)
-            if processes_with(marker):
-                leftovers["survived SIGKILL"] = processes_with(marker)
+            if pids_with_env(marker):
+                leftovers["survived SIGKILL"] = pids_with_env(marker)
         if failed and os.environ.get("MULTINODE_KEEP_LOGS"):
             print(f"logs kept in {root}")
         else:

@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from deployments.runtime import FAULT_INJECTION_ENV
+from deployments.replica import FAULT_INJECTION_ENV
 from tests.conftest import deploy, tone
 
 pytestmark = pytest.mark.slow
@@ -186,7 +186,7 @@ def test_retry_classifier_sees_every_shape_of_replica_death():
     from ray.exceptions import ActorDiedError, ActorUnavailableError, RayTaskError
     from ray.serve.exceptions import BackPressureError, RayServeException
 
-    from deployments.driver import RETRYABLE, failure_in
+    from deployments.retries import RETRYABLE, failure_in
 
     upstream = RayServeException("upstream actor died before finishing a dependent task")
     upstream.__cause__ = ActorDiedError()  # how the router reports a dead producer of an argument

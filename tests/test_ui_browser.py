@@ -56,7 +56,7 @@ EXAMPLES = [
 
 def _write_speech(path: Path, text: str, rate: int, pitch: int) -> None:
     """Real synthesized speech when espeak-ng is available (program or wheel), else a tone."""
-    from model import speech
+    import model.demo.speech as speech
     from model.audio import encode_wav
 
     if speech.available():
@@ -67,7 +67,7 @@ def _write_speech(path: Path, text: str, rate: int, pitch: int) -> None:
 
 @pytest.fixture(scope="module")
 def ui_bundle(tiny_bundle, tmp_path_factory) -> Path:
-    """The tiny bundle plus examples/ in the layout model.demo writes (see deployments/ui_bundle.py)."""
+    """The tiny bundle plus examples/ in the layout model.demo writes (see deployments/ui/bundle_card.py)."""
     path = tmp_path_factory.mktemp("ui") / "bundle"
     shutil.copytree(tiny_bundle, path)
     folder = path / "examples"

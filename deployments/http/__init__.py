@@ -1,0 +1,1 @@
+"""The HTTP contract of the service: edge middleware, errors, schema and body parsing."""

@@ -1,0 +1,126 @@
+"""The HTTP contract's data: request limits, response models and their OpenAPI docs."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from model.audio import STANDARD_SAMPLE_RATES, AudioLimits
+
+
+class Limits(BaseModel):
+    """Request limits. Defaults are the documented service defaults (README).
+
+    ``max_body_bytes`` caps every request body (Gradio routes too); the others
+    apply to ``/v1/predict``, the UI's predict call and every row of a batch job.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_body_bytes: int = Field(15 * 1024 * 1024, ge=1024)
+    max_text_chars: int = Field(2_000, ge=1)
+    max_audio_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    max_audio_seconds: float = Field(30.0, gt=0)
+    # Raised to the audio encoder's receptive field if that is longer.
+    min_audio_seconds: float = Field(0.1, ge=0)
+    # Odd rates are refused: resampling from them can cost minutes of CPU (model/audio.py).
+    sample_rates: list[int] = Field(default_factory=lambda: sorted(STANDARD_SAMPLE_RATES), min_length=1)
+    min_sample_rate: int = Field(8_000, ge=1)
+    max_sample_rate: int = Field(48_000, ge=1)
+    max_channels: int = Field(2, ge=1)
+
+    def audio_limits(self, min_seconds: float = 0.0) -> AudioLimits:
+        """What ``model.audio.decode_audio`` must enforce for these limits: the one conversion,
+        used by the driver and the batch jobs alike.
+
+        ``min_seconds`` is a floor from the audio encoder (its receptive field: a shorter clip
+        cannot be encoded); the shortest clip accepted is the larger of it and
+        ``min_audio_seconds``.
+        """
+        return AudioLimits(
+            max_bytes=self.max_audio_bytes, max_seconds=self.max_audio_seconds,
+            min_seconds=max(self.min_audio_seconds, min_seconds),
+            min_sample_rate=self.min_sample_rate, max_sample_rate=self.max_sample_rate,
+            sample_rates=frozenset(self.sample_rates), max_channels=self.max_channels,
+        )
+
+
+class BranchPrediction(BaseModel):
+    label: str
+    scores: dict[str, float]
+    sentiment: float = Field(description="Sentiment on the MOSI scale, -3 (negative) to +3 (positive).")
+
+
+class Attention(BaseModel):
+    tokens: list[str]
+    frame_seconds: float = Field(description="Audio time covered by one frame (column).")
+    weights: list[list[float]] = Field(description="Text tokens (rows) attending over audio frames (columns).")
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+    trained: bool
+
+
+class PredictResponse(BaseModel):
+    label: str
+    scores: dict[str, float]
+    sentiment: float
+    modalities: dict[str, BranchPrediction] = Field(
+        description="Fused plus each present modality alone (text, audio)."
+    )
+    model: ModelInfo
+    request_id: str
+    warnings: list[str] = []
+    attention: Attention | None = None
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+    request_id: str | None = None
+
+
+ERROR_RESPONSES = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in {
+        400: "Malformed request", 401: "Missing or wrong API key", 413: "Body, text or audio too large",
+        415: "Unsupported content type", 422: "Unusable audio", 503: "Overloaded or unavailable; retry later",
+        504: "Timed out",
+    }.items()
+}
+
+PREDICT_REQUEST_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "text": {"type": "string", "description": "What was said."},
+                        "audio": {"type": "string", "format": "byte",
+                                  "description": "Base64 of a WAV/FLAC/OGG/MP3 file's bytes."},
+                        "explain": {"type": "boolean", "default": False,
+                                    "description": "Return the text→audio attention map."},
+                    },
+                }
+            },
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "text": {"type": "string"},
+                        "audio": {"type": "string", "format": "binary"},
+                        "explain": {"type": "boolean"},
+                    },
+                }
+            },
+        },
+    }
+}

@@ -1,0 +1,5 @@
+"""``python -m jobs score|features ...``: the jobs' command line (``jobs.cli``)."""
+
+from jobs.cli import main
+
+raise SystemExit(main())

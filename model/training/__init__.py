@@ -1,0 +1,1 @@
+"""Training a bundle from a manifest (``python -m model.training``); the stages are in ``model.training.cli``."""
