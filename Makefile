@@ -1,6 +1,7 @@
 # Everything a fresh machine needs, offline except for the package registries.
 #   make run    serve the default app on http://127.0.0.1:8000
 #   make test   run the test suite
+#   make test-fast  unit and in-process tests only (no Ray cluster, no browser)
 
 PYTHON ?= python3
 VENV   := .venv
@@ -12,7 +13,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install system-deps run test demo-model bench bench-quick bench-gpu loadtest cluster-manifests cluster-check multinode image image-cpu audit clean
+.PHONY: install system-deps run test test-fast demo-model bench bench-quick bench-gpu loadtest cluster-manifests cluster-check multinode image image-cpu audit clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,11 +34,11 @@ system-deps:
 
 $(BUNDLE)/bundle.json: | $(STAMP)
 	$(MAKE) system-deps
-	$(BIN)/python -m model.demo --out $(BUNDLE)
+	$(BIN)/sentiment-demo --out $(BUNDLE)
 
 demo-model: install
 	rm -rf $(BUNDLE)
-	$(BIN)/python -m model.demo --out $(BUNDLE)
+	$(BIN)/sentiment-demo --out $(BUNDLE)
 
 run: install $(BUNDLE)/bundle.json
 	scripts/run.sh serve_config.yaml
@@ -45,22 +46,25 @@ run: install $(BUNDLE)/bundle.json
 test: install
 	$(BIN)/python -m pytest -q -ra
 
+test-fast: install
+	$(BIN)/python -m pytest -q -ra -m "not slow"
+
 bench: install
-	$(BIN)/python -m benchmarks.run
+	$(BIN)/sentiment-bench
 
 bench-quick: install
-	$(BIN)/python -m benchmarks.run --quick
+	$(BIN)/sentiment-bench --quick
 
 bench-gpu: install
-	$(BIN)/python -m benchmarks.run --gpu
+	$(BIN)/sentiment-bench --gpu
 
 IMAGE_REGISTRY ?= localhost:5000
 
 cluster-manifests: install
-	$(BIN)/python -m cluster.generate
+	$(BIN)/sentiment-cluster
 
 cluster-check: install
-	$(BIN)/python -m cluster.generate --check
+	$(BIN)/sentiment-cluster --check
 	$(BIN)/python -m pytest -q tests/test_cluster_manifests.py
 
 multinode: install
@@ -73,7 +77,7 @@ image-cpu:
 	DOCKER_BUILDKIT=1 docker build -f cluster/Dockerfile --build-arg FLAVOUR=cpu -t $(IMAGE_REGISTRY)/multimodal-sentiment-serve:0.1.0-ray2.60.0-py311-cpu .
 
 loadtest: install
-	$(BIN)/python -m loadtest.run --users $(or $(USERS),16) --duration $(or $(DURATION),60s)
+	$(BIN)/sentiment-loadtest --users $(or $(USERS),16) --duration $(or $(DURATION),60s)
 
 # pip-audit in its own venv; --strict fails when a package could not be audited.
 audit:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from benchmarks.plots import plot_batch_histograms, plot_latency_throughput, plot_replicas
+from benchmarks.plots import plot_batch_histograms, plot_cpu_by_role, plot_latency_throughput, plot_replicas
+from benchmarks.scenario_report import cpu_tables, model_bound_table, scenario_notes
 from benchmarks.targets import evaluate, work_per_cpu, work_rps
 
 
@@ -58,8 +59,8 @@ def results_table(results: dict) -> str:
 def targets_table(rows: list[dict]) -> str:
     out = ["| target | measured | threshold | met | detail |", "|---|---|---|---|---|"]
     for row in rows:
-        out.append(f"| {row['target']} | {_fmt(row['value'], 3)} | {row['threshold']} | "
-                   f"{'yes' if row['met'] else '**no**'} | {row['detail']} |")
+        met = "not measured" if row["met"] is None else "yes" if row["met"] else "**no**"
+        out.append(f"| {row['target']} | {_fmt(row['value'], 3)} | {row['threshold']} | {met} | {row['detail']} |")
     return "\n".join(out)
 
 
@@ -130,14 +131,18 @@ def write_report(out_dir: Path, results: dict) -> Path:
     plot_latency_throughput(results, out_dir / "latency_vs_throughput.png")
     plot_batch_histograms(results, out_dir / "batch_histograms.png")
     replicas_plotted = plot_replicas(results, out_dir / "replicas_over_time.png")
+    cpu_plotted = plot_cpu_by_role(results, out_dir / "cpu_by_role.png")
     fp, served = results["fingerprint"], results.get("served", {})
     scenario = served.get("text_batching") or {}
+    bundle = results.get("bundle") or {}
+    workload = results.get("workload") or {}
     lines = [
         f"# Benchmark report: {results['started_at']}",
         "",
-        f"Mode: **{results['mode']}**. Models: `{results['bundle']['name']}` "
-        f"(text {results['bundle'].get('text_encoder')}, audio {results['bundle'].get('audio_encoder')}). "
-        "Random weights: same FLOPs as trained checkpoints.",
+        f"Mode: **{results['mode']}**. Models: `{bundle.get('name', 'none: the base-size scenario was skipped')}` "
+        f"(text {bundle.get('text_encoder')}, audio {bundle.get('audio_encoder')}). "
+        "Random weights: same FLOPs as trained checkpoints."
+        + (f" Serve config overrides: `{' '.join(results['overrides'])}`." if results.get("overrides") else ""),
         "",
         "## Machine",
         "",
@@ -152,13 +157,41 @@ def write_report(out_dir: Path, results: dict) -> Path:
         "",
         "## Workload",
         "",
-        f"{json.dumps(results['workload']['mixed'])} (texts: {results['workload']['text_source']}; "
-        "audio: synthetic voiced signal). Text-only batching scenario: "
-        f"{json.dumps(results['workload']['short_texts'])}.",
+        f"{json.dumps(workload.get('mixed'))} (texts: {workload.get('text_source')}; "
+        "audio: synthetic voiced signal). Text-only requests (the batching scenario, the demo bundle's headline "
+        f"and the front door): {json.dumps(workload.get('short_texts'))}; the other scenarios build the same "
+        "workloads with their own tokenizer.",
         "",
         "## Targets",
         "",
         targets_table(results["targets"]),
+        "",
+        "## CPU per request by process role",
+        "",
+        "Per served level: each process's user+system CPU seconds over the level (per pid, so processes that start "
+        "or exit in it count for the time they ran), summed by role and divided by the requests answered, in ms. "
+        "Roles come from process titles (`harness.processes.role_of`): HAProxy is Serve's compiled ingress and "
+        "HAProxyManager the actor that runs it; Proxy is Serve's Python proxy (with HAProxy on, only its fallback); "
+        "ray-system is every other Ray process (raylet, GCS, agents, idle workers). 'outside the encoders' is all "
+        "but TextEncoder and AudioEncoder. '÷ (a) req/CPU-s' compares requests per CPU-second with the in-process "
+        "batched pipeline on the same inputs; '÷ model-bound rps' compares throughput with the model-bound limit "
+        "below. The front door runs the tiny test bundle (near-free models) with the Driver fixed at each replica "
+        "count: what the serving path alone can carry.",
+        "",
+        scenario_notes(results),
+        "",
+        cpu_tables(results),
+        "![CPU per request by role](cpu_by_role.png)" if cpu_plotted else "",
+        "",
+        "## Model-bound limit",
+        "",
+        "The encoders' and the fusion head's forward passes alone, on inputs already tokenized and decoded, each at "
+        "its best batch size over length-sorted chunks, one stage after the other (`benchmarks.model_bound`): the "
+        "ceiling no server can pass. On a CPU a stage at k threads counts as cores/k copies side by side, perfect "
+        "scaling assumed; core-ms/request is then comparable with the encoders' and FusionHead's CPU ms per request "
+        "above.",
+        "",
+        model_bound_table(results),
         "",
         "## Results",
         "",

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from model.bundle import BUNDLE_FILE, Bundle
-from model.factory import BERT_PRESETS, WAV2VEC2_PRESETS, save_bert, save_untrained_bundle, save_wav2vec2
+from model.factory import BERT_PRESETS, WAV2VEC2_PRESETS, save_bert, save_tiny_bundle, save_untrained_bundle, save_wav2vec2
 
 # A BERT-small-like text encoder for quick runs: the factory has no "small" BERT
 # preset, and "tiny" (hidden 32) is so cheap that only overheads would be measured.
@@ -33,6 +33,15 @@ def build_bundle(root: Path, size: str) -> Path:
     text_dim = {**BERT_PRESETS[text_preset], **text_overrides}.get("hidden_size", 768)
     audio_dim = WAV2VEC2_PRESETS[audio_preset].get("hidden_size", 768)
     save_untrained_bundle(out, "text_encoder", "audio_encoder", text_dim, audio_dim, name=f"bench-{size}")
+    return out
+
+
+def build_tiny_bundle(root: Path) -> Path:
+    """Build (once; cached under ``root``) the tiny test bundle: models that cost next to
+    nothing, so what is measured is the serving path alone."""
+    out = root / "tiny"
+    if not (out / BUNDLE_FILE).is_file():
+        save_tiny_bundle(out)
     return out
 
 

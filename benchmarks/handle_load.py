@@ -32,7 +32,7 @@ async def drive(handle, method: str, texts: list[str], concurrency: int, seconds
         while time.perf_counter() < stop:
             t = time.perf_counter()
             try:
-                await getattr(handle, method).remote(texts[i % len(texts)])
+                await getattr(handle, method).remote(texts[i % len(texts)], False)  # explain=False
             except Exception:
                 errors += 1
             if t >= measure_from:

@@ -143,6 +143,20 @@ def run_batched(model: InProcessModel, requests: list[Request], batch_sizes: lis
             "ok_per_cpu_s": sweep[best]["ok_per_cpu_s"], "sweep": sweep}
 
 
+def thread_sweep(model: InProcessModel) -> list[int]:
+    """Torch thread counts the in-process systems try on CPU: one, and every core. On a
+    GPU threads barely matter."""
+    if model.pipeline.text_encoder.device.type != "cpu":
+        return [torch.get_num_threads()]
+    return sorted({1, torch.get_num_threads()})
+
+
+def relative_costs(service_s: list[float]) -> list[float]:
+    """Each request's in-process service time relative to the mean: its weight in mix-weighted throughput."""
+    mean = sum(service_s) / len(service_s)
+    return [round(s / mean, 4) for s in service_s]
+
+
 def cpu_use(n: int, wall_s: float, cpu_s: float) -> dict:
     """CPU seconds this process used, cores used on average, and requests per CPU-second:
     on a shared machine the last is far steadier than wall-clock throughput."""

@@ -1,4 +1,4 @@
-"""The benchmark report's plots: latency vs throughput, batch-size histograms, replicas over time."""
+"""The benchmark report's plots: latency vs throughput, batch-size histograms, replicas over time, CPU by role."""
 
 from __future__ import annotations
 
@@ -35,7 +35,8 @@ def plot_latency_throughput(results: dict, path: Path) -> None:
     ax.set_ylabel("latency (ms)")
     ax.set_yscale("log")
     ax.set_title("Latency vs throughput")
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -58,7 +59,8 @@ def plot_batch_histograms(results: dict, path: Path) -> None:
         ax.set_title(name)
         ax.set_xlabel("batch size")
         ax.set_ylabel("share of batches")
-    axes[0].legend(fontsize=7)
+    if runs:
+        axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -92,3 +94,33 @@ def plot_replicas(results: dict, path: Path) -> bool:
     plt.close(fig)
     return True
 
+
+
+def plot_cpu_by_role(results: dict, path: Path) -> bool:
+    """CPU ms per answered request, stacked by process role, one bar per served level of
+    every scenario. Returns False (and draws nothing) when no level recorded it."""
+    from benchmarks.cpu_cost import ROLE_ORDER
+    from benchmarks.scenario_report import level_rows
+
+    rows = [r for r in level_rows(results) if r["by_role"]]
+    if not rows:
+        return False
+    roles = [role for role in ROLE_ORDER if any(role in r["by_role"] for r in rows)]
+    roles += sorted({role for r in rows for role in r["by_role"]} - set(roles))
+    labels = [f"{r['scenario']}, {r['workload']}, c={r['concurrency']}"
+              + (f", Driver x{r['driver_replicas']}" if r["driver_replicas"] else "") for r in rows]
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(rows) + 1.6))
+    left = [0.0] * len(rows)
+    for role in roles:
+        widths = [r["by_role"].get(role) or 0.0 for r in rows]
+        ax.barh(range(len(rows)), widths, left=left, label=role)
+        left = [a + b for a, b in zip(left, widths)]
+    ax.set_yticks(range(len(rows)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("CPU ms per answered request")
+    ax.set_title("CPU per request by process role")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

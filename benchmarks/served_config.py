@@ -11,11 +11,14 @@ import yaml
 APP_NAME = "sentiment"
 DEPLOYMENTS = ("Driver", "TextEncoder", "AudioEncoder", "FusionHead")
 TOP_LEVEL_KEYS = ("proxy_location", "http_options", "grpc_options", "logging_config")
+# An override value that removes the key instead of setting it.
+DROP = object()
 
 
 def set_path(tree: dict, dotted: str, value) -> None:
     """Overrides: ``Deployment.key.sub=value`` (a deployment by name), ``app.key=value``
-    (the application), or a top-level key such as ``logging_config.enable_access_log=false``."""
+    (the application), or a top-level key such as ``logging_config.enable_access_log=false``.
+    ``value`` ``DROP`` removes the key."""
     name, *keys = dotted.split(".")
     app = tree["applications"][0]
     if name in TOP_LEVEL_KEYS:
@@ -29,7 +32,16 @@ def set_path(tree: dict, dotted: str, value) -> None:
             app["deployments"].append(target)
     for key in keys[:-1]:
         target = target.setdefault(key, {})
-    target[keys[-1]] = value
+    if value is DROP:
+        target.pop(keys[-1], None)
+    else:
+        target[keys[-1]] = value
+
+
+def fixed_replicas(deployment: str, n: int) -> dict:
+    """Overrides that run ``deployment`` at exactly ``n`` replicas: ``num_replicas`` set and
+    its ``autoscaling_config`` removed (Serve refuses both at once)."""
+    return {f"{deployment}.num_replicas": n, f"{deployment}.autoscaling_config": DROP}
 
 
 def derive_config(base: Path, bundle: Path, port: int, overrides: dict[str, object] | None = None) -> dict:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.closed_loop import closed_loop, get_stats, stats_delta, summarize_level
+from benchmarks.cpu_cost import cpu_delta_by_role, ms_per_request, serving_ms_per_request
 from benchmarks.served_config import APP_NAME
 from benchmarks.workload import Request
 from harness import MachineCPU, ProcessSampler, RayHead, keep_serve_logs, serve_run, start_head, wait_healthy
@@ -100,6 +101,48 @@ def wait_reconfigured(timeout_s: float = 120) -> None:
     raise TimeoutError("application did not return to RUNNING/HEALTHY after reconfiguration")
 
 
+def wait_replicas(deployment: str, n: int, timeout_s: float = 180) -> None:
+    """After an in-place update, wait until ``deployment`` runs exactly ``n`` replicas, none
+    starting or stopping, and the application is RUNNING again."""
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    time.sleep(2.0)  # let the controller pick up the new config first
+    while time.monotonic() < deadline:
+        app = serve.status().applications.get(APP_NAME)
+        dep = app.deployments.get(deployment) if app is not None else None
+        if dep is not None and str(getattr(app.status, "value", app.status)) == "RUNNING":
+            states = {str(getattr(k, "value", k)): v for k, v in dep.replica_states.items() if v}
+            if states == {"RUNNING": n}:
+                return
+        time.sleep(1.0)
+    raise TimeoutError(f"{deployment} did not reach {n} RUNNING replicas in {timeout_s:.0f} s")
+
+
+@dataclass
+class ServeSetup:
+    """How every served system of one run is started: the base config and its overrides,
+    the head's resources and environment, where ``serve run`` runs."""
+
+    config_path: Path
+    overrides: dict
+    num_cpus: int
+    num_gpus: int | None
+    health_timeout_s: float
+    env: dict
+    code_dir: Path | None = None
+
+    def config(self, bundle: Path, port: int, extra: dict | None = None) -> dict:
+        from benchmarks.served_config import derive_config
+
+        return derive_config(self.config_path, bundle, port, {**self.overrides, **(extra or {})})
+
+    def start(self, config: dict, workdir: Path) -> "ServedSystem":
+        workdir.mkdir(parents=True, exist_ok=True)
+        return start_system(config, workdir, self.num_cpus, self.num_gpus, self.health_timeout_s, self.env,
+                            code_dir=self.code_dir)
+
+
 @dataclass
 class ServedSystem:
     """One running deployment of the app: a Ray head, its URL, its samplers."""
@@ -141,16 +184,18 @@ class ServedSystem:
         if self.poller is not None:
             self.poller.mark(label)
         before = get_stats(self.url)
-        cpu_before = self.sampler.cpu_seconds()
+        cpu_before = self.sampler.cpu_by_pid()
         client_cpu_before = time.process_time()
         machine = MachineCPU()
         records, elapsed = asyncio.run(closed_loop(self.url, requests, concurrency, duration_s, timeout_s))
         self.head.check_alive()
         client_cpu = time.process_time() - client_cpu_before
-        cpu_after = self.sampler.cpu_seconds()
+        used = cpu_delta_by_role(cpu_before, self.sampler.cpu_by_pid())
         after = get_stats(self.url)
-        cpu = {role: round(cpu_after.get(role, 0.0) - cpu_before.get(role, 0.0), 2) for role in cpu_after}
-        total_cpu = sum(cpu.values())
+        cpu = {role: round(v, 2) for role, v in used.items()}
+        total_cpu = sum(used.values())
+        # CPU is summed over the whole closed loop (warm-up and drain included), so it is
+        # divided by every request answered in that time.
         ok_all = [r for r in records if r[2] == 200]
         work_all = sum(weights[r[4]] for r in ok_all) if weights else None
         level = summarize_level(records, duration_s, warmup_s, weights)
@@ -160,6 +205,10 @@ class ServedSystem:
             "elapsed_s": round(elapsed, 2),
             "cpu_s_by_role": cpu,
             "cpu_s": round(total_cpu, 2),
+            "answered": len(ok_all),
+            "cpu_ms_per_request_by_role": ms_per_request(used, len(ok_all)),
+            "cpu_ms_per_request": round(1000.0 * total_cpu / len(ok_all), 2) if ok_all else None,
+            "serving_cpu_ms_per_request": serving_ms_per_request(used, len(ok_all)),
             "client_cpu_s": round(client_cpu, 2),
             "cores_used": round(total_cpu / elapsed, 2),
             "machine_busy_cores": machine.busy_cores(),
@@ -169,6 +218,8 @@ class ServedSystem:
             "loadavg_1m_after": round(os.getloadavg()[0], 2),
             "batches": stats_delta(before, after),
         })
+        latest = self.poller.latest_replicas() if self.poller is not None else None
+        level["running_replicas"] = {name: states.get("RUNNING", 0) for name, states in (latest or {}).items()}
         return level
 
 

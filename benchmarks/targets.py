@@ -8,6 +8,10 @@ TARGETS = {
     "vs_seed_at_16": 1.30,  # (c)/(b) throughput at concurrency 16 (and lower p99)
     "text_batching_gain": 2.00,  # TextEncoder batching on/off, short texts, concurrency 16
     "overhead_c1_ms": 15.0,  # p50 of (c) at concurrency 1 minus in-process compute p50
+    # Demo bundle, text-only requests, concurrency 16, the default config: CPU of every
+    # process but the two encoders (front door, Driver, FusionHead, controller, Ray's
+    # own processes) per answered request.
+    "serving_cpu_ms_per_request": 4.0,
 }
 
 
@@ -88,7 +92,33 @@ def evaluate(results: dict) -> list[dict]:
                      "detail": f"(c) p50 {level1['p50_ms']} ms; in-process (b) p50 {b['service']['p50_ms']} ms; "
                                + "; ".join(f"{k}: {level1['by_kind'][k]['p50_ms']} vs {b['service_by_kind'][k]['p50_ms']}"
                                            for k in sorted(level1.get("by_kind", {})) if k in b["service_by_kind"])})
+    headline = serving_cpu_row(results)
+    if headline is not None:
+        rows.append(headline)
     return rows
+
+
+def serving_cpu_row(results: dict) -> dict | None:
+    """The headline: CPU ms per text-only request outside the encoders, demo bundle, concurrency 16.
+    ``met`` is None when the demo scenario did not measure it (skipped or failed)."""
+    demo = (results.get("scenarios") or {}).get("demo")
+    if demo is None:
+        return None
+    name = "CPU outside the encoders per text-only request, demo bundle, concurrency 16"
+    threshold = f"<= {TARGETS['serving_cpu_ms_per_request']} ms"
+    level = demo.get("text_only")
+    value = (level or {}).get("serving_cpu_ms_per_request")
+    if value is None:
+        why = demo.get("skipped") or (f"the demo scenario failed: {demo['failed']}" if "failed" in demo
+                                      else "no text-only level was measured")
+        return {"target": name, "value": None, "threshold": threshold, "met": None, "detail": f"not measured: {why}"}
+    roles = level.get("cpu_ms_per_request_by_role") or {}
+    overrides = results.get("overrides") or []
+    return {"target": name, "value": value, "threshold": threshold,
+            "met": value <= TARGETS["serving_cpu_ms_per_request"],
+            "detail": ", ".join(f"{role} {ms}" for role, ms in roles.items()) + f" ms/request over "
+                      f"{level.get('answered')} requests answered at {level['throughput_rps']:.2f} rps"
+                      + (f"; NOT the default config: --set {' '.join(overrides)}" if overrides else "")}
 
 
 def seed_throughput(results: dict) -> tuple[float, str]:

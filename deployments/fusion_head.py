@@ -17,7 +17,7 @@ from model.pipeline import FusionItem, fuse
 BATCHING = {"max_batch_size": 32, "batch_wait_timeout_s": 0.0}
 
 
-@serve.deployment(name="FusionHead", ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64,
+@serve.deployment(name="FusionHead", ray_actor_options={"num_cpus": 0.05}, max_ongoing_requests=64,
                   max_queued_requests=128, user_config=BATCHING)
 class FusionHeadDeployment(ModelReplica):
     batched_method = "fuse"
@@ -37,7 +37,7 @@ class FusionHeadDeployment(ModelReplica):
 
     @batched(**BATCHING)
     async def fuse(self, text: list, audio: list, explain: list[bool]) -> list[dict]:
-        items = [FusionItem(text=t["hidden"] if t is not None else None, audio=a) for t, a in zip(text, audio)]
+        items = [FusionItem(text=t, audio=a) for t, a in zip(text, audio)]
         return await asyncio.to_thread(self._fuse_batch, items, explain)
 
     def probe(self) -> None:

@@ -19,6 +19,8 @@ Values already in the environment win, so a user can switch any of them off
   decode runs in a worker thread).
 - Request-path logs are written line by line (that mode buffers 1000 lines by default),
   so a request id can be found in the logs as soon as the request is answered.
+- Tracing stays off unless ``SENTIMENT_OTLP_ENDPOINT`` names an OTLP/HTTP collector; then
+  Serve's tracing hooks export there (``deployments.tracing.ray_env``).
 
 ``run_env(run_dir)`` gives one run its own HAProxy files and ports: Ray's defaults are
 fixed paths under /tmp/haproxy-serve and fixed ports, shared by every Ray on the machine,
@@ -33,10 +35,14 @@ import socket
 import sys
 from pathlib import Path
 
+from deployments import tracing
+
 # The cookie that pins one UI session to one Driver replica.
 AFFINITY_COOKIE = "sentiment_affinity"
 
 SERVE_ENV = {
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    "RAY_SERVE_HAPROXY_BALANCE_ALGORITHM": f"hash req.cook({AFFINITY_COOKIE})",
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1",
 }
@@ -66,12 +72,18 @@ def run_env(run_dir: str | Path) -> dict:
     }
 
 
+def defaults(environ, run_dir: str | Path | None = None) -> dict:
+    """SERVE_ENV, ``run_env(run_dir)`` when given, and Serve's tracing when ``environ``
+    names an OTLP collector (``deployments.tracing``; off otherwise)."""
+    return {**SERVE_ENV, **(run_env(run_dir) if run_dir is not None else {}),
+            **tracing.ray_env(environ.get(tracing.ENDPOINT_ENV))}
+
+
 def apply(environ: dict | None = None, run_dir: str | Path | None = None) -> dict:
     """Add the defaults (and ``run_env(run_dir)`` when given) to ``environ``
     (``os.environ`` by default) without overriding."""
     environ = os.environ if environ is None else environ
-    defaults = {**SERVE_ENV, **(run_env(run_dir) if run_dir is not None else {})}
-    for key, value in defaults.items():
+    for key, value in defaults(environ, run_dir).items():
         environ.setdefault(key, value)
     return environ
 
@@ -97,6 +109,5 @@ def for_new_cluster(run_dir: str | Path | None = None):
 
 
 if __name__ == "__main__":  # for shell scripts: eval "$(python -m deployments.ray_env [RUN_DIR])"
-    defaults = {**SERVE_ENV, **(run_env(sys.argv[1]) if len(sys.argv) > 1 else {})}
-    for key, value in defaults.items():
+    for key, value in defaults(os.environ, sys.argv[1] if len(sys.argv) > 1 else None).items():
         print(f"export {key}=\"${{{key}:-{value}}}\"")

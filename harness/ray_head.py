@@ -42,7 +42,14 @@ class RayHead:
     proc: subprocess.Popen | None = field(default=None, init=False)
 
     def start(self) -> "RayHead":
-        self.temp_dir = Path(tempfile.mkdtemp(prefix="bench-ray-", dir="/tmp"))
+        # A short name: HAProxy refuses socket paths over 97 characters, and its admin and
+        # metrics sockets live at <temp_dir>/haproxy/<56-character node id>/*.sock.
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="br-", dir="/tmp"))
+        from deployments import ray_env
+
+        # This head's own HAProxy files, ports and upload folder (chosen once: every
+        # process of the head must agree on them); the caller's env still wins.
+        self.env = {**ray_env.run_env(self.temp_dir), **self.env}
         ports = node_ports(head=True)
         self.port = ports["--port"]
         lo, hi = worker_port_window()

@@ -132,10 +132,11 @@ class TextStage(_Stage):
 
         def compute(todo):
             texts = [row["text"] for row in todo]
-            for row, features in zip(todo, self.encoder.encode_each(texts)):
+            tokenized = self.encoder.tokenize_each(texts)
+            for row, features, truncated in zip(todo, self.encoder.encode_each(texts, tokenized), tokenized.truncated):
                 row["text_features"] = pack_features(features)
                 row["text_frames"] = int(features.shape[0])
-                row["text_truncated"] = self.encoder.count_tokens(row["text"]) > self.encoder.max_length
+                row["text_truncated"] = truncated
 
         self._run([r for r in rows if r["error_code"] is None and r["text"] is not None], compute)
         return _table(rows)

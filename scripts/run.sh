@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Start a local Ray head bound to loopback (dashboard and Serve HTTP on 127.0.0.1),
 # run the Serve config in the foreground, and stop that Ray head on exit.
+# Environment: RAY_GCS_PORT (6380), RAY_DASHBOARD_PORT (8265), RAY_METRICS_PORT (8080),
+# RAY_NUM_CPUS (2), and RAY_START_ARGS for any other `ray start` flags (e.g. "--num-gpus=1").
 set -euo pipefail
 CONFIG=${1:-serve_config.yaml}
 BIN=$(cd "$(dirname "$0")/../.venv/bin" && pwd)
@@ -15,27 +17,43 @@ export RAY_ADDRESS=127.0.0.1:$PORT
 # Without this, Ray replaces --node-ip-address=127.0.0.1 with the machine's address
 # and GCS, raylet and the dashboard agent listen on every interface.
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
-# Serve's faster request path (see deployments/ray_env.py); any value already set wins.
-eval "$("$BIN/python" -m deployments.ray_env)"
-
 TEMP_DIR=$(mktemp -d /tmp/ray-run.XXXXXX)
+# HAProxy ingress, Serve's faster request path, and this run's own HAProxy files, ports
+# and Gradio upload folder under TEMP_DIR (see deployments/ray_env.py); any value
+# already set wins (RAY_SERVE_ENABLE_HA_PROXY=0 serves through Serve's Python proxy).
+eval "$("$BIN/python" -m deployments.ray_env "$TEMP_DIR")"
 # Every process of this Ray head inherits this variable, whatever title it gives itself
 # later (ray::DashboardAgent, ray::ServeReplica...): cleanup finds them all by it.
 export SENTIMENT_RAY_RUN=$TEMP_DIR
+# Prometheus text for Ray's, Serve's and this app's metrics (deployments/metrics.py). Ray's
+# metrics agent binds it to 127.0.0.1 because the node's address is loopback; a node with
+# a routable address (the KubeRay pods) exports on all interfaces.
+METRICS_PORT=${RAY_METRICS_PORT:-8080}
 "$BIN/ray" start --head --node-ip-address=127.0.0.1 --port="$PORT" \
   --dashboard-host=127.0.0.1 --dashboard-port="${RAY_DASHBOARD_PORT:-8265}" \
-  --num-cpus="${RAY_NUM_CPUS:-2}" --temp-dir="$TEMP_DIR" --disable-usage-stats >/dev/null
+  --metrics-export-port="$METRICS_PORT" \
+  --num-cpus="${RAY_NUM_CPUS:-2}" --temp-dir="$TEMP_DIR" --disable-usage-stats ${RAY_START_ARGS:-} >/dev/null
 # Stop only this head: `ray stop` would end every Ray on the machine.
 ours() {  # pids whose environment carries this run's marker, except this script
   grep -lzF "SENTIMENT_RAY_RUN=$TEMP_DIR" /proc/[0-9]*/environ 2>/dev/null | cut -d/ -f3 | grep -vx "$$" || true
 }
+haproxies() {  # this run's HAProxy processes, current and replaced ones, by their config path
+  grep -lzF -- "$TEMP_DIR/haproxy/" /proc/[0-9]*/cmdline 2>/dev/null | cut -d/ -f3 || true
+}
 cleanup() {
   trap - EXIT INT TERM
-  kill -TERM $(ours) 2>/dev/null || true
+  # HAProxy is a child of Serve's HAProxyManager actor, which stops it only on a graceful
+  # Serve shutdown; when that actor dies first, HAProxy lives on and keeps the port. So:
+  # Serve's own shutdown first, then every process of this run, HAProxy included.
+  timeout 20 "$BIN/serve" shutdown -a "http://127.0.0.1:${RAY_DASHBOARD_PORT:-8265}" -y >/dev/null 2>&1 || true
+  for _ in $(seq 20); do [ -z "$(haproxies)" ] && break; sleep 0.5; done
+  kill -TERM $(ours) $(haproxies) 2>/dev/null || true
   sleep 3
-  kill -KILL $(ours) 2>/dev/null || true
+  kill -KILL $(ours) $(haproxies) 2>/dev/null || true
   rm -rf "$TEMP_DIR"
 }
 trap cleanup EXIT INT TERM
+echo "Ray logs: $TEMP_DIR/session_latest/logs (removed on exit)"
+echo "Metrics: http://127.0.0.1:$METRICS_PORT/metrics (Prometheus: cluster/prometheus.yml)"
 echo "Serving on http://127.0.0.1:8000 (Ctrl-C to stop)"
 "$BIN/serve" run "$CONFIG"

@@ -9,6 +9,8 @@ loadtest/); ``free_port``, ``wait_healthy`` and ``repo_pythonpath`` stay importa
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,14 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+def pytest_collection_modifyitems(items):
+    """Every test that needs the Ray cluster is slow, marked or not: ``make test-fast``
+    (``-m "not slow"``) can never start one by accident."""
+    for item in items:
+        if "ray_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -54,20 +64,41 @@ def wav_bytes() -> bytes:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
+def ray_cluster(tmp_path_factory):
     """One local Ray (4 logical CPUs on 2 cores: replicas mostly idle in tests) plus Serve on a free port."""
     import ray
     from ray import serve
 
     # address="local": always a fresh cluster, never one some other `ray start` left running.
     # Its processes get the same Serve request path as `make run` (deployments/ray_env.py).
-    with ray_env.for_new_cluster():
-        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    # A short path: Ray and HAProxy put unix sockets under it. HAProxy allows 97 bytes, and
+    # Ray adds a 56-character node id below run_dir/haproxy/ (.../metrics.sock).
+    run_dir = tempfile.mkdtemp(prefix="rt-", dir="/tmp")
+    with ray_env.for_new_cluster(run_dir):
+        # Metrics on a known port, reported every 2 s rather than 10 (tests/test_prometheus.py).
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
+                 _metrics_export_port=free_port(), _system_config={"metrics_report_interval_ms": 2000})
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     yield f"http://127.0.0.1:{port}"
-    serve.shutdown()
+    serve.shutdown()  # stops HAProxy too
     ray.shutdown()
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def serve_log_dir() -> Path:
+    """This session's Serve logs (controller, and one file per replica)."""
+    import ray
+
+    return Path(ray._private.worker._global_node.get_session_dir_path()) / "logs" / "serve"
+
+
+def replica_log_lines(app: str, deployment: str, pattern: str, log_dir: Path | None = None) -> dict[str, int]:
+    """Per replica of ``app``'s ``deployment``: how many of its own log lines contain ``pattern``."""
+    counts = {}
+    for path in (log_dir or serve_log_dir()).glob(f"replica_{app}_{deployment}_*.log"):
+        counts[path.stem.rsplit("_", 1)[-1]] = sum(pattern in line for line in path.read_text(errors="replace").splitlines())
+    return counts
 
 
 def deploy(url: str, args: dict, name: str = "sentiment", route_prefix: str = "/") -> str:

@@ -69,7 +69,11 @@ def check_decoded_or_refused(data: bytes, limits: AudioLimits = LIMITS) -> torch
     return waveform
 
 
-FUZZ = settings(deadline=None, max_examples=100, suppress_health_check=[HealthCheck.too_slow])
+# derandomize: every run draws the same examples, so a failure seen once (in CI, on a
+# laptop) reproduces on the next run anywhere; print_blob: a failure also prints the
+# @reproduce_failure line that replays it.
+SEEDED = dict(deadline=None, derandomize=True, print_blob=True)
+FUZZ = settings(**SEEDED, max_examples=100, suppress_health_check=[HealthCheck.too_slow])
 
 
 @FUZZ
@@ -182,7 +186,10 @@ async def parse(body: bytes, content_type: str, declared_length: str | None):
     return await read_predict_request(Request(scope, receive), PARSE_LIMITS)
 
 
-@settings(deadline=None, max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+PARSER_FUZZ = settings(**SEEDED, max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+
+
+@PARSER_FUZZ
 @given(body=bodies, content_type=content_types,
        declared=st.none() | st.just("exact") | st.sampled_from(["0", "-1", "abc", "99999999999", "12"]))
 def test_request_parser_accepts_or_raises_a_typed_4xx(body, content_type, declared):
@@ -199,6 +206,26 @@ def test_request_parser_accepts_or_raises_a_typed_4xx(body, content_type, declar
             parsed.text.encode("utf-8")  # tokenizer-safe: no lone surrogates
         assert len(parsed.audio or b"") <= PARSE_LIMITS.max_audio_bytes
         assert isinstance(parsed.explain, bool)
+
+
+def drawn_examples(fuzz: settings, strategy) -> list:
+    seen = []
+
+    @fuzz
+    @given(strategy)
+    def record(value):
+        seen.append(value)
+
+    record()
+    return seen
+
+
+@pytest.mark.parametrize("fuzz", [FUZZ, PARSER_FUZZ], ids=["decoder", "parser"])
+def test_fuzzing_draws_the_same_examples_every_run(fuzz):
+    # Two runs in one process stand for two runs on two machines: without derandomize
+    # each draws from a fresh random seed.
+    strategy = st.binary(max_size=64) | bodies
+    assert drawn_examples(fuzz, strategy) == drawn_examples(fuzz, strategy)
 
 
 # ---- the served API over real HTTP --------------------------------------------------
@@ -242,7 +269,7 @@ http_audio = st.one_of(
 
 
 @pytest.mark.slow
-@settings(deadline=None, max_examples=60, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(**SEEDED, max_examples=60, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(body=bodies, content_type=content_types)
 def test_api_never_answers_5xx_to_arbitrary_bodies(client, body, content_type):
     headers = {"content-type": content_type} if content_type else {}
@@ -250,7 +277,7 @@ def test_api_never_answers_5xx_to_arbitrary_bodies(client, body, content_type):
 
 
 @pytest.mark.slow
-@settings(deadline=None, max_examples=40, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(**SEEDED, max_examples=40, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(text=st.none() | st.text(max_size=320), audio=st.none() | http_audio, as_multipart=st.booleans(),
        explain=st.booleans())
 def test_api_never_answers_5xx_to_well_formed_requests_with_bad_content(client, text, audio, as_multipart, explain):

@@ -6,6 +6,10 @@ with an ``examples/`` folder (speech synthesized by espeak-ng), so the examples
 path the demo bundle uses is exercised too. The tiny bundle is untrained: tests
 assert that *a* label from ``bundle.labels`` is shown, not which one.
 
+The Driver runs two replicas, as in serve_config.yaml: every browser context is a new
+UI session, pinned by its cookie to one of them, so the tests below run on both, and
+the last test checks from the replicas' own logs that both served the page.
+
 When ``artifacts/demo-bundle`` (or ``$UI_DEMO_BUNDLE``) exists, a last test
 redeploys with it and checks that a clearly positive sentence reads positive.
 
@@ -28,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import deploy, tone
+from conftest import deploy, replica_log_lines, tone
 
 pytestmark = pytest.mark.slow
 
@@ -85,9 +89,14 @@ def ui_bundle(tiny_bundle, tmp_path_factory) -> Path:
     return path
 
 
+UI_APP = "sentiment"
+DRIVER_REPLICAS = 2
+
+
 @pytest.fixture(scope="module")
 def ui_url(ray_cluster, ui_bundle) -> str:
-    return deploy(ray_cluster, {"bundle": str(ui_bundle)})
+    return deploy(ray_cluster, {"bundle": str(ui_bundle), "deployments": {"Driver": {"num_replicas": DRIVER_REPLICAS}}},
+                  name=UI_APP)
 
 
 @pytest.fixture(scope="module")
@@ -256,6 +265,26 @@ def test_predict_event_keeps_its_api_name_for_gradio_client(ui_url):
     assert predict["returns"][0]["component"] == "Label"
 
 
+def test_gradio_client_sessions_work_on_every_driver_replica(ui_url, labels, speech_wav):
+    """gradio_client keeps the affinity cookie of its first response, so its queue
+    join and its event stream reach the same replica. New clients (new sessions) are
+    made until both replicas have served one; every prediction must carry a label."""
+    from gradio_client import Client, handle_file
+
+    before = replica_log_lines(UI_APP, "Driver", "/gradio_api/queue/join")
+    for attempt in range(12):
+        client = Client(ui_url + "/", verbose=False)
+        for audio in (None, handle_file(str(speech_wav))):
+            result = client.predict("a fine and moving film", audio, api_name="/predict")
+            assert result[0]["label"] in labels, result[0]
+        after = replica_log_lines(UI_APP, "Driver", "/gradio_api/queue/join")
+        served = {replica for replica, n in after.items() if n > before.get(replica, 0)}
+        if len(served) == DRIVER_REPLICAS:
+            break
+    print(f"\n[gradio_client] {attempt + 1} sessions until both Driver replicas served one: {after}")
+    assert len(served) == DRIVER_REPLICAS, after
+
+
 # ---- the batch and about tabs ----------------------------------------------------------
 
 
@@ -308,6 +337,28 @@ def test_about_tab_shows_the_model_card_and_api_links(page, labels):
 
 
 @pytest.mark.skipif(not (DEMO_BUNDLE / "bundle.json").is_file(), reason="no demo bundle (make demo-model)")
+def test_both_driver_replicas_served_browser_sessions(browser, ui_url, labels):
+    """Runs after the page tests above. Each browser context is a new session; more are
+    opened (each predicting once) until both Driver replicas have answered the page's
+    queue, as their own logs show."""
+    def served() -> dict[str, int]:
+        return {r: n for r, n in replica_log_lines(UI_APP, "Driver", "/gradio_api/queue/join").items() if n}
+
+    for _ in range(12):
+        if len(served()) == DRIVER_REPLICAS:
+            break
+        context = browser.new_context()
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(ui_url + "/")
+        page.locator("#text-input textarea").fill("A quiet, lovely film.")
+        page.locator("#predict-button").click()
+        assert shown_label(page) in labels
+        context.close()
+    print(f"\n[browser] queue joins per Driver replica: {served()}")
+    assert len(served()) == DRIVER_REPLICAS, served()
+
+
 def test_demo_bundle_reads_a_positive_sentence_as_positive(ray_cluster, browser, artifacts_dir):
     """Last in the module: it replaces the tiny app with the demo one."""
     from model.bundle import Bundle

@@ -16,12 +16,27 @@ from typing import Optional
 
 from fastapi import Request
 
+from deployments import metrics, tracing
 from deployments.http.errors import PayloadTooLarge, ServiceError, Unauthorized, error_response
+from deployments.ray_env import AFFINITY_COOKIE
 
 # Paths served without the API key: the liveness probe Kubernetes and Serve use.
-OPEN_PATHS = frozenset({"/healthz"})
+OPEN_PATHS = frozenset({"/healthz", "/v2/health/live", "/v2/health/ready"})  # + the V2 probes (oip.py)
 
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+# Routes that keep no per-session state: they need no affinity cookie.
+STATELESS_PREFIXES = ("/v1/", "/v2/", "/healthz", "/docs", "/openapi.json")
+
+
+def affinity_header(request: Request) -> Optional[tuple[bytes, bytes]]:
+    """A ``Set-Cookie`` that pins this UI session to one Driver replica, for a UI
+    request that has none yet. The front door hashes the cookie (``deployments.ray_env``);
+    ``gradio_client`` keeps the cookies of its first response for all later calls."""
+    if AFFINITY_COOKIE in request.cookies or route_path(request.scope).startswith(STATELESS_PREFIXES):
+        return None
+    cookie = f"{AFFINITY_COOKIE}={uuid.uuid4().hex}; Path=/; HttpOnly; SameSite=Lax"
+    return b"set-cookie", cookie.encode()
 
 
 def request_id_for(request: Request) -> str:
@@ -73,6 +88,11 @@ class EdgeMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        # Every answer below, refusals included, is counted once its status is known.
+        with metrics.observe_request(scope, send) as send, tracing.span("edge", {"http.method": scope["method"]}):
+            await self._handle(scope, receive, send)
+
+    async def _handle(self, scope, receive, send):
         request = Request(scope)
         request.state.request_id = request_id = request_id_for(request)
         # scope["app"] (not the driver module's ``app``): Serve serves a pickled copy of
@@ -95,10 +115,14 @@ class EdgeMiddleware:
 
         # Serve's proxy adds the X-Request-ID response header itself (the same id).
         started = False
+        affinity = affinity_header(request)
 
         async def send_tracked(message):
             nonlocal started
-            started = started or message["type"] == "http.response.start"
+            if message["type"] == "http.response.start":
+                started = True
+                if affinity is not None:
+                    message = {**message, "headers": [*message.get("headers", []), affinity]}
             await send(message)
 
         try:

@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from deployments import metrics
 from model.errors import AudioTooLargeError, AudioTooLongError, ModelInputError, TextTooLongError
 
 logger = logging.getLogger("ray.serve")
@@ -98,6 +99,7 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 def error_response(exc: Exception, request_id: str | None) -> JSONResponse:
     """The one place an exception becomes an HTTP response."""
     status, code, message, headers = status_for(exc)
+    metrics.count_error(code, status)
     if status == 500:
         # A bug. Logged as its type and stack frames only: the text of an exception
         # from deep inside a tokenizer or decoder may quote the input, which must

@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 
 from fastapi import Request
+from python_multipart.multipart import parse_options_header
 from starlette.datastructures import UploadFile
 
 from deployments.http.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
@@ -105,7 +106,21 @@ def parse_json(body: bytes, limits: Limits) -> PredictInput:
     return parsed
 
 
+def _has_closing_boundary(content_type: str, body: bytes) -> bool:
+    """Whether the body holds its close delimiter (``--boundary--``, RFC 2046).
+
+    Starlette's parser silently drops a part cut off before it, so a truncated upload
+    would otherwise read as a request with no audio (``missing_input``).
+    """
+    _, params = parse_options_header(content_type)
+    boundary = params.get(b"boundary")
+    return bool(boundary) and b"--" + boundary + b"--" in body
+
+
 async def parse_multipart(request: Request, body: bytes, limits: Limits) -> PredictInput:
+    if not _has_closing_boundary(request.headers.get("content-type", ""), body):
+        raise BadRequest("malformed multipart body: no closing boundary (was the upload cut short?)",
+                         "malformed_multipart")
     # Re-feed the capped body to Starlette's multipart parser.
     async def receive():
         return {"type": "http.request", "body": body, "more_body": False}

@@ -27,6 +27,13 @@ class Limits(BaseModel):
     min_sample_rate: int = Field(8_000, ge=1)
     max_sample_rate: int = Field(48_000, ge=1)
     max_channels: int = Field(2, ge=1)
+    # Rows of one Open Inference Protocol ``infer`` request (deployments/http/oip.py); each row
+    # is one prediction, so this bounds the work one request can ask for.
+    max_batch_rows: int = Field(64, ge=1)
+    # Of those rows, how many are in flight at once: enough to fill the encoders' batches
+    # (TextEncoder's is 16), few enough that one request cannot overrun a model deployment's
+    # queue by itself (AudioEncoder admits 16 running + 32 queued per replica; past that, 503).
+    max_rows_in_flight: int = Field(16, ge=1)
 
     def audio_limits(self, min_seconds: float = 0.0) -> AudioLimits:
         """What ``model.audio.decode_audio`` must enforce for these limits: the one conversion,

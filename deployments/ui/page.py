@@ -13,6 +13,7 @@ takes (text, audio filepath) and its first output is the fused ``gr.Label``.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import uuid
 from pathlib import Path
@@ -214,6 +215,10 @@ def build_ui(driver) -> gr.Blocks:
 
 def mount_ui(app, driver) -> None:
     demo = build_ui(driver)
+    # Every Driver replica serves the same page: the same app id (Gradio's client reloads
+    # the page when the id it sees changes, which a random id per replica would do).
+    demo.app_id = int.from_bytes(hashlib.sha256(f"{driver.bundle.name}:{driver.bundle.version}".encode()).digest()[:7],
+                                 "big")
     # A bounded queue: a burst of UI users waits in line up to max_size (seeing its
     # position), then gets a "queue full" message instead of piling unbounded work
     # onto the replica. The JSON API does not go through this queue.
@@ -226,3 +231,7 @@ def mount_ui(app, driver) -> None:
     # ssr_mode=False: client-side rendering only, so Gradio never starts a Node server in the replica.
     gr.mount_gradio_app(app, demo, path="/", max_file_size=max_upload, enable_monitoring=False, ssr_mode=False,
                         run_history=False)
+    # Gradio checks that a file path an event receives lies in its upload folder only once
+    # the app has "launched", which mount_gradio_app never marks: without this line a
+    # client could name any file on the replica's disk as an input.
+    demo.has_launched = True
