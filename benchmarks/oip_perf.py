@@ -1,4 +1,4 @@
-"""Drive ``POST /v2/models/sentiment/infer`` with Triton's perf_analyzer: ``python -m benchmarks.oip_perf --url HOST:PORT``.
+"""Load ``POST /v2/models/sentiment/infer`` with Triton's perf_analyzer: ``python -m benchmarks.oip_perf``.
 
 Starts nothing: point it at a running app (``make run``, ``serve run serve_config.yaml``).
 It writes perf_analyzer's ``--input-data`` file (short movie-review sentences from the

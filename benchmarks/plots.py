@@ -109,7 +109,7 @@ def plot_cpu_by_role(results: dict, path: Path) -> bool:
     roles += sorted({role for r in rows for role in r["by_role"]} - set(roles))
     labels = [f"{r['scenario']}, {r['workload']}, c={r['concurrency']}"
               + (f", Driver x{r['driver_replicas']}" if r["driver_replicas"] else "") for r in rows]
-    fig, ax = plt.subplots(figsize=(10, 0.45 * len(rows) + 1.6))
+    fig, ax = plt.subplots(figsize=(11, 0.45 * len(rows) + 1.8))
     left = [0.0] * len(rows)
     for role in roles:
         widths = [r["by_role"].get(role) or 0.0 for r in rows]
@@ -119,7 +119,7 @@ def plot_cpu_by_role(results: dict, path: Path) -> bool:
     ax.invert_yaxis()
     ax.set_xlabel("CPU ms per answered request")
     ax.set_title("CPU per request by process role")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: bars fill the axes
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -154,5 +154,5 @@ def scenario_notes(results: dict) -> str:
             bundle = scenario.get("bundle", {})
             notes.append(f"- **{label}**: bundle `{bundle.get('name')}` ({bundle.get('path')}); served system "
                          f"started in {scenario.get('startup_s')} s; processes killed after stop: "
-                         f"{scenario.get('killed_after_stop')}.")
+                         f"{scenario.get('killed_after_stop_roles', scenario.get('killed_after_stop'))}.")
     return "\n".join(notes)

@@ -252,4 +252,7 @@ def stop_system(system: ServedSystem, workdir: Path, keep_logs: bool = False) ->
     if keep_logs:
         keep_serve_logs(system.head, workdir)
     killed = system.head.stop()
-    return {"killed_after_stop": killed}
+    # By role: a survivor of the head's own shutdown (e.g. HAProxy, whose manager does
+    # not always stop it) is worth knowing about.
+    return {"killed_after_stop": killed,
+            "killed_after_stop_roles": [system.sampler.roles.get(pid, "unknown") for pid in killed]}

@@ -29,6 +29,10 @@ from model.bundle import Bundle
 
 logger = logging.getLogger("ray.serve")
 
+# With audio, from a bundle whose audio branch learned synthesized speech (Bundle.synthetic_speech).
+SYNTHETIC_SPEECH_WARNING = ("This model's audio branch was trained on SYNTHETIC speech: its reading of a real "
+                            "voice is not meaningful (see the model card).")
+
 
 class DriverSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -164,6 +168,8 @@ class Driver:
         warnings = []
         if not self.bundle.trained:
             warnings.append("This model is UNTRAINED: its predictions are meaningless.")
+        if waveform is not None and self.bundle.synthetic_speech:
+            warnings.append(SYNTHETIC_SPEECH_WARNING)
         if text_result is not None and text_result["truncated"]:
             warnings.append(f"Text was truncated to {self.bundle.text_max_length} tokens.")
         attention = result.pop("attention", None)

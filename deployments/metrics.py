@@ -20,8 +20,6 @@ import time
 from contextvars import ContextVar
 from dataclasses import dataclass
 
-from starlette.routing import Match, Mount
-
 PREFIX = "ray_"
 
 # Seconds. From a small forward pass to a request at the 30 s deadline.
@@ -32,8 +30,9 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 QUEUE_WAIT_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # The modality tag's values; "none" is a request that never reached Driver.predict.
 MODALITIES = ("text", "audio", "both", "none")
-# The route tag of everything the Gradio mount serves (its paths are many and open-ended).
-UI_ROUTE = "ui"
+# The route tag of everything the Gradio mount serves (its paths are many and open-ended),
+# and of requests the edge refused before any routing (401, 413).
+UI_ROUTE, EDGE_ROUTE = "ui", "edge"
 
 
 @dataclass(frozen=True)
@@ -122,19 +121,15 @@ def modality(text, audio) -> str:
 
 
 def route_label(scope) -> str:
-    """The route template that will serve ``scope`` (bounded cardinality, never the raw
-    path), as Starlette picks it: the first full match, else the first path-only match."""
-    partial = None
-    for route in getattr(getattr(scope.get("app"), "router", None), "routes", ()):
-        match, _ = route.matches(scope)
-        if match == Match.FULL:
-            partial = route
-            break
-        if match == Match.PARTIAL and partial is None:
-            partial = route
-    if partial is None:
-        return "unmatched"
-    return UI_ROUTE if isinstance(partial, Mount) else getattr(partial, "path", "unmatched")
+    """The route template that served ``scope`` (bounded cardinality, never the raw
+    path). Read after the app ran: the router marks the scope (``router``) and writes the
+    matched route into it (``route``), and a Mount (the Gradio UI) adds ``app_root_path``."""
+    if "router" not in scope:
+        return EDGE_ROUTE
+    if "app_root_path" in scope:
+        return UI_ROUTE
+    route = scope.get("route")
+    return getattr(route, "path", None) or "unmatched"
 
 
 class ObservedRequest:
@@ -142,7 +137,7 @@ class ObservedRequest:
     ``note_modality`` from wherever the request is predicted, its modality."""
 
     def __init__(self, scope, send):
-        self.route = route_label(scope)
+        self.scope = scope
         self.modality = "none"
         self.status = 499  # the client went away before any response (nginx's code for it)
         self.began = time.perf_counter()
@@ -154,7 +149,7 @@ class ObservedRequest:
         await self._send(message)
 
     def record(self) -> None:
-        tags = {"route": self.route, "modality": self.modality}
+        tags = {"route": route_label(self.scope), "modality": self.modality}
         _get("sentiment_http_request_duration_seconds").observe(time.perf_counter() - self.began, tags)
         _get("sentiment_http_requests").inc(1, tags | {"status": str(self.status)})
 

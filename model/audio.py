@@ -38,9 +38,11 @@ ALLOWED_FORMATS = frozenset({"WAV", "WAVEX", "FLAC", "OGG", "MP3"})
 
 # Sample rates we accept from clients. Resampling between two rates costs time and
 # memory in proportion to rate / gcd(rate, target), so an odd rate (a large prime
-# factor) can cost minutes of CPU and stall a replica. These common rates share
-# large factors with one another and resample cheaply.
-STANDARD_SAMPLE_RATES = frozenset({8_000, 11_025, 12_000, 16_000, 22_050, 24_000, 32_000, 44_100, 48_000})
+# factor) can cost minutes of CPU and stall a replica. These common rates, up to the
+# 176.4 and 192 kHz of studio recorders, share large factors with one another and
+# resample cheaply (the kernel per rate pair is built once: ``_resampler``).
+STANDARD_SAMPLE_RATES = frozenset({8_000, 11_025, 12_000, 16_000, 22_050, 24_000, 32_000, 44_100, 48_000,
+                                   88_200, 96_000, 176_400, 192_000})
 
 # Float WAV/FLAC samples far outside full scale are not audio; they are also large
 # enough to overflow float32 statistics in the feature extractor. Clip to this peak.
@@ -58,7 +60,7 @@ class AudioLimits:
     # would fail the whole batch it is grouped into.
     min_seconds: float = 0.1
     min_sample_rate: int = 8_000
-    max_sample_rate: int = 48_000
+    max_sample_rate: int = 192_000
     sample_rates: frozenset[int] | None = STANDARD_SAMPLE_RATES  # None: any rate in the range
     max_channels: int = 2
     # Serving refuses audio longer than max_seconds (the client must know); training

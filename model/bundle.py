@@ -46,6 +46,16 @@ class Bundle:
     def labels(self) -> list[str]:
         return self.fusion.labels
 
+    @property
+    def synthetic_speech(self) -> bool:
+        """Whether the audio branch learned from synthesized speech, so its reading of a real
+        voice means nothing. The demo bundle records ``data.synthetic_speech: true``; a bundle
+        whose notes or provenance name synthetic speech or espeak counts too."""
+        if self.data.get("synthetic_speech") is True:
+            return True
+        text = " ".join(self.notes).lower() + json.dumps(self.data).lower()
+        return "synthetic speech" in text or "espeak" in text
+
     def resolve(self, name_or_path: str) -> str:
         """A path relative to the bundle folder if one exists there, else a hub id."""
         if self.path is not None and (self.path / name_or_path).exists():

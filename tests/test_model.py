@@ -158,7 +158,7 @@ def test_decode_formats(fmt, subtype):
     assert abs(len(wave) - 16_000) < 16_000 * 0.1  # MP3/OGG add a little priming/padding
 
 
-@pytest.mark.parametrize("rate", [8_000, 16_000, 44_100, 48_000])
+@pytest.mark.parametrize("rate", [8_000, 16_000, 44_100, 48_000, 96_000, 176_400, 192_000])
 def test_decode_resamples_to_target_rate(rate):
     wave = decode_audio(encode_wav(tone(0.5, rate), rate), 16_000)
     assert len(wave) == 8_000
@@ -207,8 +207,11 @@ def test_decode_enforces_limits():
         decode_audio(encode_wav(tone(3.0), 16_000), 16_000, AudioLimits(max_seconds=2.0))
     with pytest.raises(AudioTooLargeError):
         decode_audio(encode_wav(tone(3.0), 16_000), 16_000, AudioLimits(max_bytes=2048))
-    with pytest.raises(AudioFormatError):
-        decode_audio(encode_wav(tone(0.5, 96_000), 96_000), 16_000)
+    with pytest.raises(AudioFormatError, match="outside 8000-192000 Hz"):
+        decode_audio(encode_wav(tone(0.5, 384_000), 384_000), 16_000)
+    # Inside the range but not a standard rate: slow to resample, refused.
+    with pytest.raises(AudioFormatError, match="not accepted"):
+        decode_audio(encode_wav(tone(0.5, 191_999), 191_999), 16_000)
     many = np.zeros((1600, 4), dtype="float32")
     with pytest.raises(AudioFormatError):
         decode_audio(_encode(many, 16_000, "WAV", "FLOAT"), 16_000)

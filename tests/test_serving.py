@@ -180,3 +180,45 @@ def test_hot_swap_bundle_without_restart(ray_cluster, tiny_bundle, tmp_path):
 
         serve.delete("swap")
     assert statuses and set(statuses) == {200}, statuses
+
+
+def synthetic_warnings(url: str, body: dict) -> list[str]:
+    r = httpx.post(f"{url}/v1/predict", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    return [w for w in r.json()["warnings"] if "SYNTHETIC speech" in w]
+
+
+def test_replies_with_audio_say_when_the_audio_branch_learned_synthetic_speech(ray_cluster, served_app, tiny_bundle,
+                                                                              tmp_path, wav_bytes):
+    from ray import serve
+
+    from model.bundle import Bundle
+
+    audio = base64.b64encode(wav_bytes).decode()
+    assert not Bundle.load(tiny_bundle).synthetic_speech
+    assert synthetic_warnings(served_app, {"text": "fine", "audio": audio}) == []
+    bundle = Bundle.load(tiny_bundle)
+    bundle.data["synthetic_speech"] = True
+    bundle.save(tmp_path / "synthetic", bundle.load_fusion())
+    for sub in ("text_encoder", "audio_encoder"):
+        (tmp_path / "synthetic" / sub).symlink_to(tiny_bundle / sub)
+    one = {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}}
+    url = deploy(ray_cluster, {"bundle": str(tmp_path / "synthetic"), "settings": {"ui": False},
+                               "deployments": {n: one for n in ("Driver", "TextEncoder", "AudioEncoder", "FusionHead")}},
+                 name="synthetic", route_prefix="/synthetic")
+    try:
+        assert len(synthetic_warnings(url, {"text": "fine", "audio": audio})) == 1
+        assert len(synthetic_warnings(url, {"audio": audio})) == 1
+        # Text alone never went through the audio branch: nothing to warn about.
+        assert synthetic_warnings(url, {"text": "fine"}) == []
+    finally:
+        serve.delete("synthetic")
+
+
+@pytest.mark.parametrize("rate", [176_400, 192_000])
+def test_high_resolution_recordings_are_accepted(client, rate):
+    from model.audio import encode_wav
+
+    r = client.post("/v1/predict", files={"audio": ("hi-res.wav", encode_wav(tone(0.5, rate), rate), "audio/wav")})
+    assert r.status_code == 200, r.text
+    _check_prediction(r.json(), {"audio"})

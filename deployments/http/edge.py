@@ -18,6 +18,7 @@ from fastapi import Request
 
 from deployments import metrics, tracing
 from deployments.http.errors import PayloadTooLarge, ServiceError, Unauthorized, error_response
+from deployments.http.oip import protocol_error
 from deployments.ray_env import AFFINITY_COOKIE
 
 # Paths served without the API key: the liveness probe Kubernetes and Serve use.
@@ -73,6 +74,14 @@ def authorized(request: Request, expected: str) -> bool:
     return hmac.compare_digest(value.encode(), expected.encode())
 
 
+def refusal_response(request: Request, refusal: ServiceError, request_id: str):
+    """The edge's refusal in the form its route's API speaks: the Open Inference Protocol's
+    ``{"error": "..."}`` under /v2, the service's error body everywhere else."""
+    if route_path(request.scope).startswith("/v2/"):
+        return protocol_error(refusal, request_id)
+    return error_response(refusal, request_id)
+
+
 class EdgeMiddleware:
     """What every request passes, API and Gradio alike: an id, a body cap, the key.
 
@@ -101,7 +110,7 @@ class EdgeMiddleware:
         state = scope["app"].state
         refusal = self._refusal(request, state.settings, state.api_key)
         if refusal is not None:
-            return await error_response(refusal, request_id)(scope, receive, send)
+            return await refusal_response(request, refusal, request_id)(scope, receive, send)
 
         if "content-length" not in request.headers and scope["method"] in ("POST", "PUT", "PATCH"):
             # A chunked body has no length to refuse up front. Read it here, up to the
@@ -111,7 +120,7 @@ class EdgeMiddleware:
             if receive is None:
                 cap = state.settings.limits.max_body_bytes
                 too_large = PayloadTooLarge(f"request body exceeds the limit of {cap} bytes")
-                return await error_response(too_large, request_id)(scope, receive, send)
+                return await refusal_response(request, too_large, request_id)(scope, receive, send)
 
         # Serve's proxy adds the X-Request-ID response header itself (the same id).
         started = False
@@ -167,7 +176,7 @@ class EdgeMiddleware:
         path = route_path(request.scope)
         if expected and path not in OPEN_PATHS and not authorized(request, expected):
             # Browsers get a Basic challenge (their native login prompt); API clients a Bearer one.
-            browser = not path.startswith("/v1/")
+            browser = not path.startswith(("/v1/", "/v2/"))
             challenge = 'Basic realm="sentiment", charset="UTF-8"' if browser else "Bearer"
             return Unauthorized("missing or wrong API key; send 'Authorization: Bearer <key>'",
                                 headers={"WWW-Authenticate": challenge})

@@ -4,9 +4,9 @@
 ``infer`` request goes through the same ``check_input`` and ``Driver.predict`` as one
 ``POST /v1/predict``, so a row's answer is exactly that call's. The rows of one request
 are awaited concurrently (up to ``Limits.max_rows_in_flight`` at a time), so they batch in
-the encoders with each other and with other traffic. Errors take the statuses of ``deployments.http.errors.status_for`` (the /v1
-mapping) and the protocol's body, ``{"error": "<message>"}``. The tensor wire formats are
-``deployments.http.oip_tensors``.
+the encoders with each other and with other traffic. Errors are /v1's answers
+(``deployments.http.errors.error_response``: status, headers, log, metric) in the protocol's
+body, ``{"error": "<message>"}``. The tensor wire formats are ``deployments.http.oip_tensors``.
 """
 
 from __future__ import annotations
@@ -15,15 +15,15 @@ import asyncio
 import base64
 import binascii
 import functools
+import json
 import logging
-import traceback
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.routing import Mount
 
 from deployments.http.errors import (BadRequest, PayloadTooLarge, ServiceError, Unavailable, UnsupportedMediaType,
-                                     status_for)
+                                     error_response)
 from deployments.http.oip_tensors import (HEADER_LENGTH, decode_bytes, encode_output, flag, flatten, parameters_of,
                                           response_body, split_body, take_binary)
 from deployments.http.parsing import PredictInput, check_input, read_body
@@ -53,19 +53,25 @@ class RowFailed(Exception):
         self.row, self.cause = row, cause
 
 
+def _shown(value) -> str:
+    """A client's value quoted in an error message, cut short (a name or shape can be any size)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def protocol_error(exc: Exception, request_id: str | None) -> JSONResponse:
-    """The protocol's error body with the /v1 status for ``exc`` (Retry-After on 503 included)."""
+    """The protocol's error body, ``{"error": "<message>"}``, with everything else of /v1's answer.
+
+    ``error_response`` still does the work (the status, Retry-After on 503, the log line and the
+    error metric), so the two APIs cannot drift apart; only its body is reshaped here.
+    """
     row, cause = (exc.row, exc.cause) if isinstance(exc, RowFailed) else (None, exc)
-    status, code, message, headers = status_for(cause)
-    if status == 500:
-        # As deployments.http.errors.error_response: a bug's message may quote the input.
-        frames = "".join(traceback.format_tb(cause.__traceback__))
-        logger.error("request %s failed: %s (message withheld)\n%s", request_id, type(cause).__name__, frames)
-    elif status >= 500:
-        logger.error("request %s failed: %s", request_id, message)
+    answer = error_response(cause, request_id)
+    message = json.loads(answer.body)["error"]["message"]
     if row is not None:
         message = f"row {row}: {message}"
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+    headers = {k: v for k, v in answer.headers.items() if k not in ("content-length", "content-type")}
+    return JSONResponse({"error": message}, status_code=answer.status_code, headers=headers)
 
 
 def _in_protocol_form(handler):
@@ -86,7 +92,8 @@ def _row_count(tensor: dict, name: str, limits) -> int:
     shape = tensor.get("shape")
     if (not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
             or len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1) or shape[0] < 1):
-        raise BadRequest(f"input {name!r}: shape must be [N] or [N, 1] with N >= 1, not {shape!r}", "invalid_shape")
+        raise BadRequest(f"input {name!r}: shape must be [N] or [N, 1] with N >= 1, not {_shown(shape)}",
+                         "invalid_shape")
     if shape[0] > limits.max_batch_rows:
         raise PayloadTooLarge(f"input {name!r} has {shape[0]} rows; the limit is {limits.max_batch_rows}",
                               "too_many_rows")
@@ -122,11 +129,11 @@ def read_rows(header: dict, rest, limits) -> list[PredictInput]:
     for index, tensor in enumerate(tensors):
         name = tensor.get("name")
         if name not in INPUTS:
-            raise BadRequest(f"unknown input {name!r}; the inputs are 'text' and 'audio'", "unknown_input")
+            raise BadRequest(f"unknown input {_shown(name)}; the inputs are 'text' and 'audio'", "unknown_input")
         if name in columns:
             raise BadRequest(f"input {name!r} is given twice", "invalid_request")
         if tensor.get("datatype") != "BYTES":
-            raise BadRequest(f"input {name!r} must have datatype BYTES, not {tensor.get('datatype')!r}",
+            raise BadRequest(f"input {name!r} must have datatype BYTES, not {_shown(tensor.get('datatype'))}",
                              "invalid_datatype")
         rows = _row_count(tensor, name, limits)
         binary = index in blobs
@@ -157,8 +164,9 @@ def requested_outputs(header: dict) -> list[tuple[str, bool]]:
     chosen = []
     for output in outputs:
         name = output.get("name")
-        if name not in OUTPUT_TYPES:
-            raise BadRequest(f"unknown output {name!r}; the outputs are {', '.join(OUTPUT_TYPES)}", "unknown_output")
+        if not isinstance(name, str) or name not in OUTPUT_TYPES:
+            raise BadRequest(f"unknown output {_shown(name)}; the outputs are {', '.join(OUTPUT_TYPES)}",
+                             "unknown_output")
         if name in (n for n, _ in chosen):
             raise BadRequest(f"output {name!r} is requested twice", "invalid_request")
         chosen.append((name, flag(parameters_of(output), "binary_data", binary_default)))
@@ -248,9 +256,9 @@ def mount_oip(app: FastAPI, driver) -> None:
     def check_model(request: Request) -> None:
         model_name, model_version = request.path_params["model_name"], request.path_params.get("model_version")
         if model_name != MODEL_NAME:
-            raise ModelNotFound(f"unknown model {model_name!r}; this server serves {MODEL_NAME!r}")
+            raise ModelNotFound(f"unknown model {_shown(model_name)}; this server serves {MODEL_NAME!r}")
         if model_version is not None and model_version != version:
-            raise ModelNotFound(f"model {MODEL_NAME!r} has no version {model_version!r}; it has {version!r}")
+            raise ModelNotFound(f"model {MODEL_NAME!r} has no version {_shown(model_version)}; it has {version!r}")
 
     async def ready() -> bool:
         return (await driver.healthz()).status_code == 200

@@ -47,7 +47,8 @@ def take_binary(tensors: list[dict], rest: memoryview) -> dict[int, memoryview]:
         if size is None:
             continue
         if isinstance(size, bool) or not isinstance(size, int) or size < 0 or offset + size > len(rest):
-            raise BadRequest(f"input {tensor.get('name')!r}: binary_data_size {size!r} does not fit the body",
+            name = str(tensor.get("name"))[:60]
+            raise BadRequest(f"input {name!r}: binary_data_size {str(size)[:30]} does not fit the body",
                              "invalid_binary_data")
         blobs[index] = rest[offset:offset + size]
         offset += size
@@ -114,7 +115,8 @@ def encode_output(name: str, datatype: str, shape: list[int], values: list, bina
     else:
         array = np.asarray(values, dtype="<f4").reshape(-1)
         raw = array.tobytes() if binary else None
-        data = array.tolist()
+        # The shortest decimal that reads back as the same float32 ("0.6", not "0.6000000238418579").
+        data = [float(str(v)) for v in array]
     if binary:
         entry["parameters"] = {"binary_data_size": len(raw)}
     else:

@@ -25,7 +25,7 @@ class Limits(BaseModel):
     # Odd rates are refused: resampling from them can cost minutes of CPU (model/audio.py).
     sample_rates: list[int] = Field(default_factory=lambda: sorted(STANDARD_SAMPLE_RATES), min_length=1)
     min_sample_rate: int = Field(8_000, ge=1)
-    max_sample_rate: int = Field(48_000, ge=1)
+    max_sample_rate: int = Field(192_000, ge=1)
     max_channels: int = Field(2, ge=1)
     # Rows of one Open Inference Protocol ``infer`` request (deployments/http/oip.py); each row
     # is one prediction, so this bounds the work one request can ask for.

@@ -135,21 +135,13 @@ def _table(data: dict, left: str, right: str) -> str:
     return "\n".join(lines)
 
 
-def is_synthetic_speech(bundle: Bundle) -> bool:
-    """The demo bundle records ``data.synthetic_speech: true``; notes mentioning it also count."""
-    if bundle.data.get("synthetic_speech") is True:
-        return True
-    text = " ".join(bundle.notes).lower() + json.dumps(bundle.data).lower()
-    return "synthetic speech" in text or "espeak" in text
-
-
 def model_card(bundle: Bundle, untrained_banner: str) -> str:
     """The About tab: encoders, labels, data provenance, metrics, caveats, links."""
     meta = bundle.metadata()
     parts = [f"## Model card: {bundle.name} v{bundle.version}"]
     if not bundle.trained:
         parts.append(untrained_banner)
-    if is_synthetic_speech(bundle):
+    if bundle.synthetic_speech:
         parts.append(SYNTHETIC_SPEECH_CAVEAT)
 
     fusion = meta["fusion"]

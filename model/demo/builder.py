@@ -311,6 +311,8 @@ def build(config: DemoConfig) -> Bundle:
         "clear_sentences_correct": f"{checks['correct']}/{checks['total']}",
         "clear_sentences": checks["sentences"],
     }
+    # Read by Bundle.synthetic_speech: the API and the UI warn about it on every reply with audio.
+    bundle.data["synthetic_speech"] = True
     bundle.data["demo"] = {k: v for k, v in data.items() if k != "manifests"} | {
         "manifests": {k: str(v) for k, v in data["manifests"].items()},
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
