@@ -63,7 +63,8 @@ def parse_args(argv=None):
     p.add_argument("--gpu", action="store_true", help="serve_config.gpu.yaml, GPUs in-process and in Ray")
     p.add_argument("--out", type=Path, help="output folder (default bench-results/<timestamp>)")
     p.add_argument("--config", type=Path, help="serve config to derive from (default serve_config[.gpu].yaml)")
-    p.add_argument("--concurrency", default="1,4,16,64", help="comma-separated client concurrencies for (c)")
+    p.add_argument("--concurrency", default="1,4,16,64", help="comma-separated client concurrencies for (c) of the base-size "
+                                                      "models (the other scenarios' levels are set per mode)")
     p.add_argument("--duration", type=float, help="seconds per concurrency level")
     p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
                    help="override the derived serve config: Deployment.key..., app.key... or a top-level "
@@ -100,12 +101,12 @@ def run_benchmark(argv: list[str] | None = None) -> Path:
     mode = dict(MODES["gpu" if args.gpu else "quick" if args.quick else "default"])
     if args.gpu and args.quick:
         mode.update(size="quick", duration_s=15, scenario_s=15, demo_concurrencies=[], front_door_s=8)
+    skip = parts_skipped(args.skip, args.only)
     from benchmarks.model_bound import BATCH_SIZES, QUICK_BATCH_SIZES
 
     mode["model_bound_batches"] = BATCH_SIZES["cuda" if args.gpu else "cpu"] if not args.quick else QUICK_BATCH_SIZES
     if args.duration:
         mode["duration_s"] = args.duration
-    skip = parts_skipped(args.skip, args.only)
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     started = dt.datetime.now()
     out = (args.out or ROOT / "bench-results" / started.strftime("%Y%m%d-%H%M%S")).resolve()
@@ -135,8 +136,7 @@ def run_benchmark(argv: list[str] | None = None) -> Path:
 
         if "demo" not in skip:
             results.setdefault("scenarios", {})["demo"] = guarded(
-                "demo", lambda: scenarios.demo_scenario(setup, mode, concurrencies, out, device, args.demo_bundle,
-                                                        args.build_demo))
+                "demo", lambda: scenarios.demo_scenario(setup, mode, out, device, args.demo_bundle, args.build_demo))
         if "front-door" not in skip:
             replicas = [int(n) for n in args.front_door_replicas.split(",")]
             results.setdefault("scenarios", {})["front_door"] = guarded(

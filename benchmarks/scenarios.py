@@ -120,8 +120,7 @@ def _stop(system, result: dict, workdir: Path) -> None:
     result.update(stop_system(system, workdir))
 
 
-def demo_scenario(setup, mode: dict, concurrencies: list[int], out: Path, device: str,
-                  path: Path | None = None, build: bool = False) -> dict:
+def demo_scenario(setup, mode: dict, out: Path, device: str, path: Path | None = None, build: bool = False) -> dict:
     """The demo bundle: in-process references, then text-only at concurrency 16 and the mixed levels, served."""
     from benchmarks import bundles, workload
     from benchmarks.inprocess import relative_costs
@@ -157,8 +156,8 @@ def demo_scenario(setup, mode: dict, concurrencies: list[int], out: Path, device
         result["text_only"] = text_only
         log(f"demo: text-only {text_only['throughput_rps']:.2f} rps; CPU outside the encoders "
             f"{text_only['serving_cpu_ms_per_request']} ms/request")
-        result["levels"] = measure_levels(system, config, mixed, mode["demo_concurrencies"] or concurrencies,
-                                          mode["scenario_s"], mode["warmup_s"], mode["settle"], weights, "demo ")
+        result["levels"] = measure_levels(system, config, mixed, mode["demo_concurrencies"], mode["scenario_s"],
+                                          mode["warmup_s"], mode["settle"], weights, "demo ")
     finally:
         _stop(system, result, out / "demo")
     return result
