@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install system-deps run test test-fast demo-model bench bench-quick bench-gpu loadtest cluster-manifests cluster-check multinode image image-cpu audit clean
+.PHONY: install system-deps run test test-fast quick-demo demo-model bench bench-quick bench-gpu loadtest cluster-manifests cluster-check multinode image image-cpu audit clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,7 +43,12 @@ demo-model: install
 run: install $(BUNDLE)/bundle.json
 	scripts/run.sh serve_config.yaml
 
-test: install
+# The small trained demo bundle the trained-bundle tests serve (model/demo/quick.py): built
+# once per key of the builder's inputs, in a minute or two; a no-op when that key is cached.
+quick-demo: install
+	$(BIN)/python -m model.demo.quick
+
+test: install quick-demo
 	$(BIN)/python -m pytest -q -ra
 
 test-fast: install

@@ -1,4 +1,5 @@
-"""AudioEncoder deployment: batches decoded waveforms through a Wav2Vec2-family encoder."""
+"""AudioEncoder deployment: batches decoded waveforms through a Wav2Vec2-family encoder (features, and
+greedy transcripts where the checkpoint has a CTC head)."""
 
 from __future__ import annotations
 
@@ -25,15 +26,18 @@ class AudioEncoderDeployment(ModelReplica):
     def __init__(self, bundle_path: str):
         super().__init__("AudioEncoder")
         bundle = Bundle.load(bundle_path)
-        self.encoder = AudioEncoder(bundle.resolve(bundle.audio_encoder), self.device)
+        self.encoder = AudioEncoder(bundle.resolve(bundle.audio_encoder), self.device, transcribe=bundle.transcribe)
 
-    def _encode_batch(self, waveforms: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _encode_batch(self, waveforms: list[torch.Tensor], transcribe: list[bool]) -> list[dict]:
         self.stats.record(len(waveforms))
-        return self.encoder.encode_each(waveforms)
+        features, transcripts = self.encoder.encode_each_with_transcripts(waveforms, transcribe)
+        return [{"hidden": f, "transcript": t} for f, t in zip(features, transcripts)]
 
     @batched(**BATCHING)
-    async def encode(self, waveforms: list[torch.Tensor]) -> list[torch.Tensor]:
-        return await asyncio.to_thread(self._encode_batch, waveforms)
+    async def encode(self, waveforms: list[torch.Tensor], transcribe: list[bool]) -> list[dict]:
+        # ``transcript`` is None unless asked for and the checkpoint can transcribe; it comes
+        # from the same forward pass as ``hidden``.
+        return await asyncio.to_thread(self._encode_batch, waveforms, transcribe)
 
     def probe(self) -> None:
         out = self.encoder.encode([torch.zeros(self.encoder.sampling_rate // 10)])

@@ -32,6 +32,12 @@ logger = logging.getLogger("ray.serve")
 # With audio, from a bundle whose audio branch learned synthesized speech (Bundle.synthetic_speech).
 SYNTHETIC_SPEECH_WARNING = ("This model's audio branch was trained on SYNTHETIC speech: its reading of a real "
                             "voice is not meaningful (see the model card).")
+# Speech without text, and no transcript to give the text branch (the UI shows these too).
+CANNOT_TRANSCRIBE = ("No transcript was available: this model cannot transcribe speech; "
+                     "type what was said for the text branch.")
+TRANSCRIBE_OFF = ("No transcript was available: this bundle turns transcription off; "
+                  "type what was said for the text branch.")
+NO_WORDS_HEARD = "No transcript was available: no words were recognised in the speech, so the text branch was not used."
 
 
 class DriverSettings(BaseModel):
@@ -56,6 +62,7 @@ app = FastAPI(
     title="Multimodal sentiment",
     description="Text + audio sentiment: BERT-family and Wav2Vec2-family encoders fused by cross-modal attention.",
     version="0.1.0",
+    telemetry=tracing.FASTAPI_TELEMETRY,
 )
 install_error_handlers(app)
 app.add_middleware(EdgeMiddleware)
@@ -89,8 +96,11 @@ class Driver:
         self.settings = DriverSettings(**(settings or {}))
         self.bundle = Bundle.load(bundle_path)
         # Config and feature extractor only, no weights: the driver runs no model.
-        facts = AudioEncoderFacts.from_pretrained(self.bundle.resolve(self.bundle.audio_encoder))
+        facts = AudioEncoderFacts.from_pretrained(self.bundle.resolve(self.bundle.audio_encoder),
+                                                  transcribe=self.bundle.transcribe)
         self.sampling_rate, self.frame_seconds = facts.sampling_rate, facts.frame_seconds
+        # The AudioEncoder replicas load the same checkpoint with the same bundle flag, so they agree.
+        self.can_transcribe = facts.can_transcribe
         # Never below the encoder's receptive field: a shorter clip cannot be encoded.
         self.audio_limits = self.settings.limits.audio_limits(min_seconds=facts.min_seconds)
         # In the replica, ``app`` here is the copy Serve actually serves (checked:
@@ -110,38 +120,49 @@ class Driver:
 
     # ---- the request path ----------------------------------------------------
 
-    async def _run_models(self, text: str | None, waveform, explain: bool) -> tuple[dict, dict | None]:
+    async def _run_models(self, text: str | None, waveform, explain: bool,
+                          transcribe: bool) -> tuple[dict, dict | None, str | None]:
         # Text and audio encoding run concurrently; fusion starts when both are done.
         # Both results are awaited here rather than handed to FusionHead unresolved: over
         # Serve's gRPC transport a DeploymentResponse argument is resolved by this
         # process's router anyway (the features pass through here either way), and when
         # its replica has died that router retries the resolution until the request
         # times out instead of failing it (docs/architecture.md, "Why the driver awaits").
+        # Speech without text, on a model that can transcribe: the audio encoder goes first,
+        # since its transcript (same forward pass as its features) is the text encoder's input.
         calls = []
         try:
+            audio_result, transcript = None, None
+            if text is None and waveform is not None and transcribe:
+                calls = [self.audio_encoder.encode.remote(waveform, True)]
+                audio_result = await calls[0]
+                calls = []
+                transcript = audio_result["transcript"]
+                text = transcript or None  # nothing heard: no text branch
             if text is not None:
                 calls.append(self.text_encoder.encode.remote(text, explain))
-            if waveform is not None:
-                calls.append(self.audio_encoder.encode.remote(waveform))
+            if waveform is not None and audio_result is None:
+                calls.append(self.audio_encoder.encode.remote(waveform, False))
             encoded = await asyncio.gather(*calls)
             text_result = encoded[0] if text is not None else None
-            audio_features = encoded[-1] if waveform is not None else None
-            fused = self.fusion_head.fuse.remote(text_result["hidden"] if text_result else None, audio_features,
-                                                 explain)
+            if waveform is not None and audio_result is None:
+                audio_result = encoded[-1]
+            fused = self.fusion_head.fuse.remote(text_result["hidden"] if text_result else None,
+                                                 audio_result["hidden"] if audio_result else None, explain)
             calls = [fused]
             result = await fused
             calls = []
-            return result, text_result
+            return result, text_result, transcript
         finally:
             # Reached with calls left only on an error, a timeout or a client that
             # went away (Serve cancels this coroutine): stop the work downstream too.
             for call in calls:
                 call.cancel()
 
-    async def _attempt(self, text, waveform, explain) -> tuple[dict, dict | None]:
-        result, text_result = await self._run_models(text, waveform, explain)
+    async def _attempt(self, text, waveform, explain, transcribe) -> tuple[dict, dict | None, str | None]:
+        result, text_result, transcript = await self._run_models(text, waveform, explain, transcribe)
         check_output(result)
-        return result, text_result
+        return result, text_result, transcript
 
     async def predict(self, request: PredictInput, request_id: str) -> dict:
         metrics.note_modality(request.text, request.audio)
@@ -155,9 +176,10 @@ class Driver:
             metrics.record_decode(waveform.shape[-1] / self.sampling_rate, time.perf_counter() - began)
         log = RetryLog()
         try:
-            result, text_result = await asyncio.wait_for(
-                with_retries(lambda: self._attempt(request.text, waveform, request.explain), self.settings.retries,
-                             request_id, log),
+            transcribe = request.transcribe and self.can_transcribe
+            result, text_result, transcript = await asyncio.wait_for(
+                with_retries(lambda: self._attempt(request.text, waveform, request.explain, transcribe),
+                             self.settings.retries, request_id, log),
                 timeout=self.settings.request_timeout_s,
             )
         except asyncio.TimeoutError:
@@ -172,6 +194,13 @@ class Driver:
             warnings.append(SYNTHETIC_SPEECH_WARNING)
         if text_result is not None and text_result["truncated"]:
             warnings.append(f"Text was truncated to {self.bundle.text_max_length} tokens.")
+        if "text" in result["modalities"]:
+            result["modalities"]["text"]["source"] = "request" if request.text is not None else "transcript"
+        if request.text is None and waveform is not None and request.transcribe and not transcript:
+            # The client left transcription on; say why the text branch got no words.
+            warnings.append(NO_WORDS_HEARD if transcript == "" else
+                            CANNOT_TRANSCRIBE if self.bundle.transcribe else TRANSCRIBE_OFF)
+        result["transcript"] = transcript
         attention = result.pop("attention", None)
         if attention is not None:
             tokens = text_result["tokens"]

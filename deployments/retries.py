@@ -86,6 +86,6 @@ async def with_retries(attempt: Callable[[], Awaitable[T]], retries: int, reques
                 if isinstance(failure, ModelUnhealthy):
                     raise failure from None
                 raise Unavailable("a model replica failed; retry shortly") from None
-            pass  # BROKEN
+            metrics.count_retry(failure)
             await asyncio.sleep(0.2 * (number + 1))
     raise AssertionError("unreachable")  # the loop returns or raises

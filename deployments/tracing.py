@@ -28,6 +28,17 @@ EXPORTER_IMPORT_PATH = "deployments.tracing:otlp_span_processors"
 SERVICE_NAME = "sentiment"
 
 
+def _every_request(scope) -> bool:
+    return True
+
+
+# For ``FastAPI(telemetry=...)``: FastAPI's own tracing off, for the app and the Gradio app
+# mounted on it (an excluded request is marked so that mounted FastAPI apps skip it too).
+# FastAPI takes a server span's parent from the request's headers only, so beside Serve's
+# span for the same request it would start a second trace. Serve's span is the root.
+FASTAPI_TELEMETRY = {"exclude": _every_request}
+
+
 def ray_env(endpoint: str | None) -> dict:
     """The environment that switches Serve's tracing on with our exporter (empty = off).
 
@@ -68,6 +79,14 @@ def enabled() -> bool:
     return isinstance(trace.get_tracer_provider(), TracerProvider)
 
 
+def _in_sampled_trace() -> bool:
+    """The service's spans never start a trace: they join the one Serve started, if it
+    was sampled (below a sampling ratio of 1 most requests have none)."""
+    from opentelemetry import trace
+
+    return trace.get_current_span().get_span_context().trace_flags.sampled
+
+
 def _tracer():
     from opentelemetry import trace
 
@@ -83,7 +102,7 @@ def _request_id() -> str:
 @contextlib.contextmanager
 def span(name: str, attributes: dict | None = None):
     """A child of the current span, with the request id, current inside the block."""
-    if not enabled():
+    if not enabled() or not _in_sampled_trace():
         yield None
         return
     with _tracer().start_as_current_span(name, attributes={"request_id": _request_id(), **(attributes or {})}) as s:
@@ -92,7 +111,7 @@ def span(name: str, attributes: dict | None = None):
 
 def capture():
     """What a batch needs to trace this item later: (context, request id, arrival in ns)."""
-    if not enabled():
+    if not enabled() or not _in_sampled_trace():
         return None
     from opentelemetry import context
 

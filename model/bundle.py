@@ -4,7 +4,9 @@
 to the bundle), the fusion config (its ``architecture`` picks the head class from
 ``model.fusion``'s registry; absent in older bundles, it defaults to
 ``cross_modal_attention``), the labels, a version, and, once trained, metrics and
-data provenance. Only safetensors are ever read.
+data provenance. ``audio_encoder.transcribe: false`` stops a CTC audio checkpoint's
+transcripts from reaching the text branch (default true; checkpoints without a CTC
+head never transcribe). Only safetensors are ever read.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ class Bundle:
     audio_encoder: str
     fusion: FusionConfig
     text_max_length: int = 128
+    # Whether an audio-only request's transcript (from a CTC audio checkpoint) feeds the text branch.
+    transcribe: bool = True
     trained: bool = False
     # Whether the regression output was supervised; if not, "sentiment" is derived
     # from class probabilities and label_values instead.
@@ -79,7 +83,7 @@ class Bundle:
             "labels": self.labels,
             "label_values": self.label_values,
             "text_encoder": {"name_or_path": self.text_encoder, "max_length": self.text_max_length},
-            "audio_encoder": {"name_or_path": self.audio_encoder},
+            "audio_encoder": {"name_or_path": self.audio_encoder, "transcribe": self.transcribe},
             "fusion": self.fusion.to_dict(),
             "metrics": self.metrics,
             "data": self.data,
@@ -113,6 +117,7 @@ class Bundle:
                 text_encoder=meta["text_encoder"]["name_or_path"],
                 text_max_length=int(meta["text_encoder"].get("max_length", 128)),
                 audio_encoder=meta["audio_encoder"]["name_or_path"],
+                transcribe=_as_bool(meta["audio_encoder"].get("transcribe", True), "audio_encoder.transcribe"),
                 fusion=FusionConfig.from_dict(meta["fusion"]),
                 trained=bool(meta.get("trained", False)),
                 regression_trained=bool(meta.get("regression_trained", False)),
@@ -139,3 +144,10 @@ class Bundle:
         except (SafetensorError, RuntimeError, OSError) as exc:
             raise BundleError(f"{self.path / WEIGHTS_FILE} is corrupt or does not match the config: {exc}") from None
         return head.eval()
+
+
+def _as_bool(value, key: str) -> bool:
+    # bool("false") is True: a string here is a mistake worth failing the load for.
+    if not isinstance(value, bool):
+        raise BundleError(f"{BUNDLE_FILE}: {key} must be true or false, not {value!r}")
+    return value

@@ -18,11 +18,13 @@ def inference_dtype(device: torch.device) -> torch.dtype:
     return torch.float16 if device.type == "cuda" else torch.float32
 
 
-def load_pretrained_model(name_or_path: str, device: torch.device):
-    """An encoder by hub id or folder: safetensors only, never remote code, in eval mode."""
+def load_pretrained_model(name_or_path: str, device: torch.device, auto_class=None):
+    """An encoder by hub id or folder: safetensors only, never remote code, in eval mode.
+
+    ``auto_class`` (default ``AutoModel``) picks the head, e.g. ``AutoModelForCTC``."""
     from transformers import AutoModel
 
-    model = AutoModel.from_pretrained(
+    model = (auto_class or AutoModel).from_pretrained(
         name_or_path, trust_remote_code=False, use_safetensors=True, dtype=inference_dtype(device)
     )
     return model.to(device).eval()

@@ -8,6 +8,8 @@ with ``save_pretrained`` and read back through the ordinary
 from __future__ import annotations
 
 import importlib.util
+import json
+import tempfile
 from pathlib import Path
 
 import torch
@@ -16,7 +18,9 @@ from transformers import (
     BertConfig,
     BertModel,
     Wav2Vec2Config,
+    Wav2Vec2CTCTokenizer,
     Wav2Vec2FeatureExtractor,
+    Wav2Vec2ForCTC,
     Wav2Vec2Model,
 )
 
@@ -33,6 +37,14 @@ WAV2VEC2_PRESETS = {
     "tiny": dict(
         hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
         conv_dim=(32, 32, 32), conv_kernel=(10, 4, 4), conv_stride=(5, 4, 4),
+        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, feat_extract_norm="layer",
+        do_stable_layer_norm=True,
+    ),
+    # tiny with 20 ms frames like the real checkpoints: a short word keeps few frames, so a CTC
+    # head on it learns a handful of words in a few seconds (tests/test_transcript.py).
+    "tiny-ctc": dict(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        conv_dim=(32, 32, 32, 32), conv_kernel=(10, 4, 4, 4), conv_stride=(5, 4, 4, 4),
         num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, feat_extract_norm="layer",
         do_stable_layer_norm=True,
     ),
@@ -72,17 +84,47 @@ def save_bert(out_dir: str | Path, preset: str = "tiny", seed: int = 0, **overri
     return out_dir
 
 
+def _save_feature_extractor(out_dir: Path, config: Wav2Vec2Config) -> Wav2Vec2FeatureExtractor:
+    extractor = Wav2Vec2FeatureExtractor(
+        feature_size=1, sampling_rate=16_000, padding_value=0.0, do_normalize=True,
+        return_attention_mask=config.feat_extract_norm == "layer",
+    )
+    extractor.save_pretrained(out_dir)
+    return extractor
+
+
 def save_wav2vec2(out_dir: str | Path, preset: str = "tiny", seed: int = 0, **overrides) -> Path:
     """A randomly initialised Wav2Vec2 plus its 16 kHz feature extractor."""
     out_dir = Path(out_dir)
     torch.manual_seed(seed)
     config = Wav2Vec2Config(**{**WAV2VEC2_PRESETS[preset], **overrides})
     Wav2Vec2Model(config).save_pretrained(out_dir, safe_serialization=True)
-    layer_norm = config.feat_extract_norm == "layer"
-    Wav2Vec2FeatureExtractor(
-        feature_size=1, sampling_rate=16_000, padding_value=0.0, do_normalize=True,
-        return_attention_mask=layer_norm,
-    ).save_pretrained(out_dir)
+    _save_feature_extractor(out_dir, config)
+    return out_dir
+
+
+# The CTC vocabulary's fixed ids, as in facebook/wav2vec2-base-960h: the blank is the pad token.
+CTC_SPECIAL = {"<pad>": 0, "<unk>": 1, "|": 2}
+
+
+def save_wav2vec2_ctc(out_dir: str | Path, characters: str, preset: str = "tiny-ctc", seed: int = 0,
+                      **overrides) -> Path:
+    """A randomly initialised Wav2Vec2ForCTC over ``characters`` ("|" between words), with its
+    feature extractor and Wav2Vec2CTCTokenizer: the files a CTC checkpoint on the hub has."""
+    out_dir = Path(out_dir)
+    vocab = dict(CTC_SPECIAL)
+    for char in sorted(set(characters) - {" ", "|"}):
+        vocab[char] = len(vocab)
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "vocab.json").write_text(json.dumps(vocab))
+        tokenizer = Wav2Vec2CTCTokenizer(str(Path(tmp) / "vocab.json"), unk_token="<unk>", pad_token="<pad>",
+                                         word_delimiter_token="|", bos_token=None, eos_token=None)
+    torch.manual_seed(seed)
+    config = Wav2Vec2Config(**{**WAV2VEC2_PRESETS[preset], "vocab_size": len(vocab),
+                               "pad_token_id": CTC_SPECIAL["<pad>"], **overrides})
+    Wav2Vec2ForCTC(config).save_pretrained(out_dir, safe_serialization=True)
+    _save_feature_extractor(out_dir, config)
+    tokenizer.save_pretrained(out_dir)
     return out_dir
 
 

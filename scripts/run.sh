@@ -34,8 +34,11 @@ METRICS_PORT=${RAY_METRICS_PORT:-8080}
   --metrics-export-port="$METRICS_PORT" \
   --num-cpus="${RAY_NUM_CPUS:-2}" --temp-dir="$TEMP_DIR" --disable-usage-stats ${RAY_START_ARGS:-} >/dev/null
 # Stop only this head: `ray stop` would end every Ray on the machine.
-ours() {  # pids whose environment carries this run's marker, except this script
-  grep -lzF "SENTIMENT_RAY_RUN=$TEMP_DIR" /proc/[0-9]*/environ 2>/dev/null | cut -d/ -f3 | grep -vx "$$" || true
+ours() {  # pids whose environment carries this run's marker, except this script; Ray's agents
+  # retitle themselves over their environment, so they are found by their open files in TEMP_DIR
+  # (left running, the dashboard agent would keep the metrics port)
+  { grep -lzF "SENTIMENT_RAY_RUN=$TEMP_DIR" /proc/[0-9]*/environ 2>/dev/null | cut -d/ -f3
+    find /proc/[0-9]*/fd -lname "$TEMP_DIR/*" 2>/dev/null | cut -d/ -f3; } | sort -u | grep -vx "$$" || true
 }
 haproxies() {  # this run's HAProxy processes, current and replaced ones, by their config path
   grep -lzF -- "$TEMP_DIR/haproxy/" /proc/[0-9]*/cmdline 2>/dev/null | cut -d/ -f3 || true

@@ -96,3 +96,18 @@ def test_demo_examples_load_in_the_ui_with_a_disagreeing_pair(tmp_path, tiny_bun
     for e in examples:
         data, rate = sf.read(e.audio)
         assert rate == 16_000 and 0.5 < len(data) / rate < 8.0
+
+
+def test_quick_demo_is_reused_for_the_same_inputs_and_rebuilt_for_others(tmp_path, monkeypatch):
+    """The cache of ``make test``'s trained bundle (model.demo.quick): a build for the current
+    input key is returned as it is; a changed input is a different key (never the stale build)."""
+    import model.demo.quick as quick
+
+    key = quick.input_key()
+    cached = tmp_path / key / "bundle"
+    cached.mkdir(parents=True)
+    (cached / "bundle.json").write_text("{}")
+    assert quick.quick_bundle(tmp_path) == cached  # no build: it would take a minute, not return at once
+    assert quick.input_key() == key
+    monkeypatch.setitem(quick.PROFILE, "epochs", quick.PROFILE["epochs"] + 1)
+    assert quick.input_key() != key

@@ -10,8 +10,11 @@ The Driver runs two replicas, as in serve_config.yaml: every browser context is 
 UI session, pinned by its cookie to one of them, so the tests below run on both, and
 the last test checks from the replicas' own logs that both served the page.
 
-When ``artifacts/demo-bundle`` (or ``$UI_DEMO_BUNDLE``) exists, a last test
-redeploys with it and checks that a clearly positive sentence reads positive.
+A last test redeploys with a trained demo bundle (``$UI_DEMO_BUNDLE``, else
+``artifacts/demo-bundle`` once ``make demo-model`` built it, else the quick profile's,
+``model.demo.quick``, which ``make test`` builds once per input key) and checks a
+clearly positive sentence, the bundle's own examples, the synthetic-speech warning
+and the model card.
 
 Screenshots of every test land in ``test-artifacts/``. ``UPDATE_SCREENSHOT=1``
 also refreshes ``docs/screenshot.png`` (the README's picture): from the demo
@@ -336,7 +339,6 @@ def test_about_tab_shows_the_model_card_and_api_links(page, labels):
 # ---- with the demo model (only when it has been built) ----------------------------------
 
 
-@pytest.mark.skipif(not (DEMO_BUNDLE / "bundle.json").is_file(), reason="no demo bundle (make demo-model)")
 def test_both_driver_replicas_served_browser_sessions(browser, ui_url, labels):
     """Runs after the page tests above. Each browser context is a new session; more are
     opened (each predicting once) until both Driver replicas have answered the page's
@@ -359,12 +361,26 @@ def test_both_driver_replicas_served_browser_sessions(browser, ui_url, labels):
     assert len(served()) == DRIVER_REPLICAS, served()
 
 
-def test_demo_bundle_reads_a_positive_sentence_as_positive(ray_cluster, browser, artifacts_dir):
+@pytest.fixture(scope="module")
+def demo_bundle() -> Path:
+    """The full demo bundle when built, else the quick profile's (built now if not cached)."""
+    if (DEMO_BUNDLE / "bundle.json").is_file():
+        return DEMO_BUNDLE
+    from model.demo.quick import quick_bundle
+
+    return quick_bundle(ROOT / "artifacts" / "quick-demo")
+
+
+def test_demo_bundle_reads_a_positive_sentence_as_positive(ray_cluster, browser, artifacts_dir, demo_bundle):
     """Last in the module: it replaces the tiny app with the demo one."""
+    import httpx
+
     from model.bundle import Bundle
 
-    demo = Bundle.load(DEMO_BUNDLE)
-    url = deploy(ray_cluster, {"bundle": str(DEMO_BUNDLE)})
+    demo = Bundle.load(demo_bundle)
+    assert demo.trained and demo.synthetic_speech and "positive" in demo.labels
+    examples = json.loads((demo_bundle / "examples" / "examples.json").read_text())["examples"]
+    url = deploy(ray_cluster, {"bundle": str(demo_bundle)})
     context = browser.new_context(viewport={"width": 1280, "height": 1000})
     page = context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
@@ -373,18 +389,32 @@ def test_demo_bundle_reads_a_positive_sentence_as_positive(ray_cluster, browser,
         page.locator("#text-input textarea").fill(POSITIVE)
         page.locator("#predict-button").click()
         assert shown_label(page) in demo.labels
-        if "positive" in demo.labels and demo.trained:
-            text_only = page.locator('#modalities [data-modality="text only"] [data-testid="branch-label"]')
-            assert text_only.inner_text().strip() == "positive"
+        text_only = page.locator('#modalities [data-modality="text only"] [data-testid="branch-label"]')
+        assert text_only.inner_text().strip() == "positive"
+        assert "SYNTHETIC speech" not in page.locator("#notes").inner_text()  # no speech was sent
         # The bundle's own examples: prefer the one where speech and text disagree.
         page.locator("#clear-button").click()  # so the label below is the example's
         page.locator('#label [data-testid="label-output-value"]').wait_for(state="detached")
-        buttons = page.locator("#examples button")
-        disagree = page.locator("#examples").get_by_text(re.compile("disagree", re.IGNORECASE))
-        (disagree.first if disagree.count() else buttons.first).click()
+        for entry in examples:
+            assert page.locator("#examples").get_by_text(entry["caption"], exact=True).count() == 1, entry
+        disagree = next(e for e in examples if e["caption"].startswith("DISAGREE") and e["text"] and e["audio"])
+        page.locator("#examples").get_by_text(disagree["caption"], exact=True).click()
         page.locator('#label [data-testid="label-output-value"]').wait_for()
-        if page.locator('#audio-input [data-testid="download-link"]').count():
-            wait_for_heatmap(page)
-        save_screenshot(page, artifacts_dir / "ui-screenshot-demo.png", for_docs=True)
+        assert page.locator("#text-input textarea").input_value() == disagree["text"]
+        wait_for_heatmap(page)
+        # Speech went to a model whose audio branch learned synthetic speech: the page says so.
+        page.locator("#notes").get_by_text("SYNTHETIC speech").wait_for()
+        save_screenshot(page, artifacts_dir / "ui-screenshot-demo.png", for_docs=demo_bundle == DEMO_BUNDLE)
+        page.get_by_role("tab", name="About").click()
+        card = page.locator("#model-card")
+        card.get_by_role("heading", name=re.compile(f"Model card: {re.escape(demo.name)}")).wait_for()
+        text = card.inner_text()
+        assert "Synthetic speech." in text and "UNTRAINED" not in text
+        assert "test_text_only" in text  # the metrics table the build recorded
     finally:
         context.close()
+    # The JSON API carries the same warning.
+    audio = (demo_bundle / "examples" / disagree["audio"]).read_bytes()
+    r = httpx.post(f"{url}/v1/predict", files={"audio": ("example.wav", audio)}, data={"text": disagree["text"]},
+                   timeout=60)
+    assert r.status_code == 200 and any("SYNTHETIC speech" in w for w in r.json()["warnings"]), r.text

@@ -19,7 +19,7 @@ from deployments.http.errors import BadRequest, PayloadTooLarge, UnsupportedMedi
 from deployments.http.schema import Limits
 from model.errors import TextTooLongError
 
-FIELDS = {"text", "audio", "explain"}
+FIELDS = {"text", "audio", "explain", "transcribe"}
 
 
 @dataclass
@@ -27,6 +27,8 @@ class PredictInput:
     text: str | None
     audio: bytes | None
     explain: bool = False
+    # Speech without text: let the audio encoder's transcript (if it can make one) feed the text branch.
+    transcribe: bool = True
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
@@ -45,10 +47,12 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-def _as_bool(value, field: str) -> bool:
+def _as_bool(value, field: str, default: bool = False) -> bool:
     if isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.lower() in {"true", "1", "false", "0", ""}:
+    if value == "":  # an empty form field
+        return default
+    if isinstance(value, str) and value.lower() in {"true", "1", "false", "0"}:
         return value.lower() in {"true", "1"}
     raise BadRequest(f"'{field}' must be a boolean", "invalid_type")
 
@@ -103,6 +107,7 @@ def parse_json(body: bytes, limits: Limits) -> PredictInput:
             raise BadRequest("'audio' is not valid base64", "invalid_base64") from None
     parsed = check_input(text, audio, limits)
     parsed.explain = _as_bool(payload.get("explain", False), "explain")
+    parsed.transcribe = _as_bool(payload.get("transcribe", True), "transcribe", default=True)
     return parsed
 
 
@@ -144,6 +149,7 @@ async def parse_multipart(request: Request, body: bytes, limits: Limits) -> Pred
             raise BadRequest("'audio' must be a file upload", "invalid_type")
         parsed = check_input(text, audio, limits)
         parsed.explain = _as_bool(form.get("explain", False), "explain")
+        parsed.transcribe = _as_bool(form.get("transcribe", True), "transcribe", default=True)
         return parsed
     finally:
         await form.close()

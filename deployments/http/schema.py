@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from model.audio import STANDARD_SAMPLE_RATES, AudioLimits
@@ -55,6 +57,12 @@ class BranchPrediction(BaseModel):
     label: str
     scores: dict[str, float]
     sentiment: float = Field(description="Sentiment on the MOSI scale, -3 (negative) to +3 (positive).")
+    # Absent on the fused and audio branches, not null: only the text branch reads words.
+    source: Literal["request", "transcript"] | None = Field(
+        None, exclude_if=lambda value: value is None,
+        description="Text branch only: the words it read came from the request's 'text' or were "
+                    "transcribed from its audio.",
+    )
 
 
 class Attention(BaseModel):
@@ -80,6 +88,12 @@ class PredictResponse(BaseModel):
     request_id: str
     warnings: list[str] = []
     attention: Attention | None = None
+    transcript: str | None = Field(
+        None, description="For audio without text: what the audio encoder heard (greedy CTC), which the "
+                          "text branch then read. null when the request had text, asked for no "
+                          "transcript (\"transcribe\": false), or the model cannot transcribe (then a "
+                          "warning says so).",
+    )
 
 
 class ErrorDetail(BaseModel):
@@ -115,6 +129,9 @@ PREDICT_REQUEST_DOC = {
                                   "description": "Base64 of a WAV/FLAC/OGG/MP3 file's bytes."},
                         "explain": {"type": "boolean", "default": False,
                                     "description": "Return the text→audio attention map."},
+                        "transcribe": {"type": "boolean", "default": True,
+                                       "description": "Audio without text: feed the audio's transcript to "
+                                                      "the text branch (models with a CTC head only)."},
                     },
                 }
             },
@@ -125,6 +142,7 @@ PREDICT_REQUEST_DOC = {
                         "text": {"type": "string"},
                         "audio": {"type": "string", "format": "binary"},
                         "explain": {"type": "boolean"},
+                        "transcribe": {"type": "boolean"},
                     },
                 }
             },

@@ -34,6 +34,9 @@ UNTRAINED_BANNER = (
     "meaningless. Build the demo model with `make demo-model`."
 )
 AUDIO_FORMATS = "WAV, FLAC, OGG or MP3"
+# Under the inputs: what happens to speech given without text.
+TRANSCRIBES = "Speech without text: the text branch reads what the model heard (its transcript)."
+CANNOT_TRANSCRIBE = "Speech without text: this model cannot transcribe speech; type what was said for the text branch."
 # Interactive requests are cheap for the driver itself (it awaits the model
 # deployments), so several run at once; the model deployments' own queues and
 # batching do the real load management. A batch job is many requests: one at a
@@ -83,6 +86,9 @@ def build_ui(driver) -> gr.Blocks:
         except Exception as exc:
             raise ui_error(exc, request_id) from None
         notes = [f"⚠ {warning}" for warning in result.get("warnings", [])]
+        if result.get("transcript"):
+            heard = result["transcript"].replace("`", "'")
+            notes.insert(0, f"**Transcript** (what the text branch read): `{heard}`")
         if heatmap is None:
             notes.append("The attention heatmap needs both text and speech.")
         notes.append(f"Request `{request_id}`.")
@@ -159,7 +165,8 @@ def build_ui(driver) -> gr.Blocks:
                             f"**{_mb(limits.max_audio_bytes)}** ({AUDIO_FORMATS}, "
                             f"{limits.min_sample_rate / 1000:g}–{limits.max_sample_rate / 1000:g} kHz, "
                             f"mono or stereo); text up to **{limits.max_text_chars}** characters. "
-                            "Give text, speech or both.",
+                            "Give text, speech or both. "
+                            + (TRANSCRIBES if driver.can_transcribe else CANNOT_TRANSCRIBE),
                             elem_id="limits",
                         )
                         with gr.Row():

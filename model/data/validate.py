@@ -6,7 +6,8 @@ files with (``AudioLimits.for_files``), so a file passes here exactly when train
 
 Errors (the item cannot be trained or evaluated on as written):
 missing_audio, undecodable_audio, bad_segment, empty_text, no_target,
-unknown_label, score_out_of_range, duplicate_id, split_leakage.
+unknown_label, score_out_of_range, duplicate_id, split_leakage. An item with audio
+but no text is no error when ``transcribes`` (the audio encoder's transcript stands in).
 
 Training refuses a manifest with errors unless asked to drop the bad items;
 then every dropped item is counted in the report and in the bundle's data
@@ -130,6 +131,7 @@ def validate_manifest(
     check_audio: bool = True,
     progress: bool = True,
     expected_splits: tuple[str, ...] = SPLITS,
+    transcribes: bool = False,
 ) -> ValidationReport:
     """Check every item. ``labels`` is the allowed label set; by default the train split's labels.
 
@@ -147,7 +149,7 @@ def validate_manifest(
     seen_in_split: dict[tuple[str, str], int] = {}
     splits_of: dict[str, set[str]] = defaultdict(set)
     for index, item in enumerate(items):
-        if not item.text.strip():
+        if not item.text.strip() and not (transcribes and item.audio_path):
             problem("empty_text", index, item, "the text is empty")
         if item.label is None and item.score is None:
             problem("no_target", index, item, "neither label nor score is set")
@@ -187,7 +189,8 @@ def validate_manifest(
             warnings.append(f"the {split} split is empty")
     texts_by_split: dict[str, set[str]] = defaultdict(set)
     for item in items:
-        texts_by_split[item.text.strip().lower()].add(item.split)
+        if item.text.strip():
+            texts_by_split[item.text.strip().lower()].add(item.split)
     shared = sum(1 for splits in texts_by_split.values() if len(splits) > 1)
     if shared:
         # Not an error: short utterances ("yeah.") recur legitimately across dialogues.

@@ -14,6 +14,7 @@ Stages, each reported with a progress bar:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shutil
 import sys
@@ -23,13 +24,13 @@ from pathlib import Path
 
 import torch
 
-from model.audio_encoder import AudioEncoder
+from model.audio_encoder import AudioEncoder, AudioEncoderFacts
 from model.bundle import Bundle
 from model.data.feature_table import PrecomputedFeatures
 from model.data.manifest import Item, Manifest
 from model.text_encoder import TextEncoder
 from model.training.config import TrainConfig, build_parser, config_from_args
-from model.training.feature_cache import Features, audio_features, encoder_fingerprint, text_features
+from model.training.feature_cache import Features, audio_features_and_transcripts, encoder_fingerprint, text_features
 from model.training.finetune import finetune_encoder
 from model.training.loop import make_targets, seed_everything, train_fusion
 from model.training.prepare import TrainingDataError, label_values, log, prepare_data
@@ -70,9 +71,10 @@ def _copy_encoder(source: str, dest: Path) -> str:
 
 
 def extract_features(config: TrainConfig, text_encoder: TextEncoder, audio_encoder: AudioEncoder,
-                     manifests: dict[str, Manifest], sets: dict[str, list[Item]],
-                     fingerprints: dict[str, str]) -> tuple[dict[str, Features], dict[str, Features], dict | None]:
-    """Stage 3: per-set text and audio features, and what was taken from ``--features`` (None: nothing)."""
+                     manifests: dict[str, Manifest], sets: dict[str, list[Item]], fingerprints: dict[str, str]
+                     ) -> tuple[dict[str, Features], dict[str, Features], dict | None, dict[str, int]]:
+    """Stage 3: per-set text and audio features, what was taken from ``--features`` (None: nothing), and
+    per set how many items without text read their audio's transcript instead (as serving does)."""
     cache = Path(config.cache_dir) if config.cache_dir else None
     precomputed = None
     if config.features:
@@ -81,22 +83,28 @@ def extract_features(config: TrainConfig, text_encoder: TextEncoder, audio_encod
                                     "with fine-tuning, which changes them")
         precomputed = PrecomputedFeatures.load(config.features, fingerprints["text"], fingerprints["audio"],
                                                text_encoder.hidden_size, audio_encoder.hidden_size)
-    # Each distinct text is encoded once, even when several evaluation sets share sentences.
-    unique = list(dict.fromkeys(item.text for items in sets.values() for item in items))
+    # Audio first: an item without text reads its transcript (same forward pass as its audio features).
+    audio_feats, texts, transcribed = {}, {}, {}
+    for name, items in sets.items():
+        audio_feats[name], heard = audio_features_and_transcripts(
+            audio_encoder, manifests[name], items, cache, config.audio_batch_size, config.max_audio_seconds,
+            config.progress, desc=f"audio features [{name}]", precomputed=precomputed)
+        texts[name] = [item.text if item.text.strip() else (h or "") for item, h in zip(items, heard)]
+        transcribed[name] = sum(1 for item, h in zip(items, heard) if not item.text.strip() and h)
+    if any(transcribed.values()):
+        log(f"items without text that read their audio's transcript: {transcribed}")
+    # Each distinct text is encoded once, even when several evaluation sets share sentences; no text
+    # (nothing was heard) leaves the item without a text branch.
+    unique = list(dict.fromkeys(t for ts in texts.values() for t in ts if t))
     encoded = text_features(text_encoder, [Item(id=str(k), text=t, audio_path=None, split="") for k, t in enumerate(unique)],
                             cache, config.text_batch_size, config.progress, precomputed=precomputed)
     by_text = dict(zip(unique, encoded))
-    text_feats = {name: [by_text[item.text] for item in items] for name, items in sets.items()}
-    audio_feats = {}
-    for name, items in sets.items():
-        audio_feats[name] = audio_features(audio_encoder, manifests[name], items, cache, config.audio_batch_size,
-                                           config.max_audio_seconds, config.progress, desc=f"audio features [{name}]",
-                                           precomputed=precomputed)
+    text_feats = {name: [by_text[t] if t else None for t in ts] for name, ts in texts.items()}
     if precomputed is None:
-        return text_feats, audio_feats, None
+        return text_feats, audio_feats, None, transcribed
     log(f"features taken from {config.features}: {precomputed.used['text']} texts, "
         f"{precomputed.used['audio']} audio clips; the rest were extracted here")
-    return text_feats, audio_feats, {"source": str(config.features), **precomputed.used}
+    return text_feats, audio_feats, {"source": str(config.features), **precomputed.used}, transcribed
 
 
 def train(config: TrainConfig) -> TrainResult:
@@ -108,7 +116,14 @@ def train(config: TrainConfig) -> TrainResult:
     seed_everything(config.seed)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    manifests, sets, labels, provenance = prepare_data(config)
+
+    @functools.cache
+    def transcribes() -> bool:
+        # A fine-tuned audio encoder is saved without its CTC head, so it could not transcribe.
+        return (not config.finetune_audio_layers
+                and AudioEncoderFacts.from_pretrained(resolve_encoders(config)[1]).can_transcribe)
+
+    manifests, sets, labels, provenance = prepare_data(config, transcribes)
     timings["data_s"] = time.time() - started
     text_name, audio_name, max_length = resolve_encoders(config)
     log(f"labels: {labels}; text encoder: {text_name}; audio encoder: {audio_name}")
@@ -134,8 +149,8 @@ def train(config: TrainConfig) -> TrainResult:
     text_encoder = TextEncoder(text_name, max_length, config.device)
     audio_encoder = AudioEncoder(audio_name, config.device)
     fingerprints = {"text": encoder_fingerprint(text_encoder), "audio": encoder_fingerprint(audio_encoder)}
-    text_feats, audio_feats, precomputed = extract_features(config, text_encoder, audio_encoder, manifests, sets,
-                                                            fingerprints)
+    text_feats, audio_feats, precomputed, transcribed = extract_features(config, text_encoder, audio_encoder,
+                                                                         manifests, sets, fingerprints)
     timings["features_s"] = time.time() - tick
     encoders = {
         "text": {"source": text_name, "fingerprint": fingerprints["text"],
@@ -174,6 +189,7 @@ def train(config: TrainConfig) -> TrainResult:
         "training": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
         "regression_weight": reg_weight,
         "precomputed_features": precomputed,
+        "transcribed": transcribed,
         "best_epoch": history.get("best_epoch"),
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "torch": torch.__version__,

@@ -4,7 +4,8 @@ A cache entry is keyed by the encoder (a hash of its weights, config and
 tokenizer / feature-extractor settings) and by the data (ids and texts; audio
 paths with size, mtime and segment), so changing either re-extracts and an
 identical rerun reads the file back. Entries are safetensors files: per-item
-frame features concatenated into one fp16 tensor plus the per-item lengths.
+frame features concatenated into one fp16 tensor plus the per-item lengths (and,
+for audio items without text, the transcripts in the file's metadata).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -114,18 +116,32 @@ def audio_features(encoder: AudioEncoder, manifest: Manifest, items: list[Item],
                    batch_size: int = 16, max_seconds: float | None = 20.0, progress: bool = True,
                    desc: str = "audio features", precomputed: PrecomputedFeatures | None = None) -> Features:
     """Items without audio get None. Clips longer than ``max_seconds`` are cut, to bound the cost."""
+    return audio_features_and_transcripts(encoder, manifest, items, cache_dir, batch_size, max_seconds, progress,
+                                          desc, precomputed, transcribe=False)[0]
+
+
+def audio_features_and_transcripts(
+    encoder: AudioEncoder, manifest: Manifest, items: list[Item], cache_dir: Path | None, batch_size: int = 16,
+    max_seconds: float | None = 20.0, progress: bool = True, desc: str = "audio features",
+    precomputed: PrecomputedFeatures | None = None, transcribe: bool = True,
+) -> tuple[Features, list[str | None]]:
+    """``audio_features`` plus, for items with audio but no text when ``transcribe`` and the encoder can
+    transcribe, the greedy transcript from the same forward pass (serving does the same); else None."""
     files = [manifest.audio_file(item) for item in items]
+    wanted = [transcribe and encoder.can_transcribe and f is not None and not item.text.strip()
+              for item, f in zip(items, files)]
     parts = []
     for item, f in zip(items, files):
         stat = f.stat() if f is not None else None
         parts.append([item.id, str(f), stat and stat.st_size, stat and stat.st_mtime_ns, item.start, item.end])
-    key = _data_key([parts, max_seconds])
+    key = _data_key([parts, max_seconds] + ([wanted] if any(wanted) else []))
     path = cache_dir / f"audio-{encoder_fingerprint(encoder)}-{key}.safetensors" if cache_dir else None
     if path is not None and (cached := _read_entry(path, len(items))) is not None:
-        return cached
+        return cached, _read_transcripts(path, len(items))
     out: Features = [None] * len(items)
+    heard: list[str | None] = [None] * len(items)
     for i, (item, f) in enumerate(zip(items, files)):
-        if precomputed is not None and f is not None and item.start is None and item.end is None:
+        if precomputed is not None and f is not None and item.start is None and item.end is None and not wanted[i]:
             out[i] = precomputed.audio_for(f, max_seconds)  # whole files only: the table has no segments
     present = [i for i, f in enumerate(files) if f is not None and out[i] is None]
     durations = {i: _duration(items[i], files[i]) for i in present}
@@ -134,13 +150,26 @@ def audio_features(encoder: AudioEncoder, manifest: Manifest, items: list[Item],
         for batch in _batched(order, batch_size):
             waves = [load_waveform(files[i], encoder.sampling_rate, items[i].start, items[i].end, max_seconds)
                      for i in batch]
-            encoded = encoder.encode(waves).unpad()
-            for i, feat in zip(batch, encoded):
+            if any(wanted[i] for i in batch):
+                encoded, texts = encoder.encode_with_transcripts(waves)
+                for i, text in zip(batch, texts):
+                    heard[i] = text if wanted[i] else None
+            else:
+                encoded = encoder.encode(waves)
+            for i, feat in zip(batch, encoded.unpad()):
                 out[i] = feat
             bar.update(len(batch))
     if path is not None:
-        _write_entry(path, out, encoder.hidden_size, {"encoder": encoder.name_or_path, "items": len(items)})
-    return out
+        _write_entry(path, out, encoder.hidden_size, {"encoder": encoder.name_or_path, "items": len(items),
+                                                      "transcripts": json.dumps(heard)})
+    return out, heard
+
+
+def _read_transcripts(path: Path, n: int) -> list[str | None]:
+    with safe_open(str(path), "pt") as entry:
+        stored = (entry.metadata() or {}).get("transcripts")
+    heard = json.loads(stored) if stored else None
+    return heard if isinstance(heard, list) and len(heard) == n else [None] * n
 
 
 def _duration(item: Item, path: Path) -> float:

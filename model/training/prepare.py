@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -64,8 +65,15 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def prepare_data(config: TrainConfig) -> tuple[dict[str, Manifest], dict[str, list[Item]], list[str], dict]:
-    """Load, validate and (if allowed) clean the manifest and extra evaluation sets.
+def _textless_audio(manifest: Manifest) -> bool:
+    return any(item.audio_path and not item.text.strip() for item in manifest.items)
+
+
+def prepare_data(config: TrainConfig, transcribes: Callable[[], bool] = lambda: False
+                 ) -> tuple[dict[str, Manifest], dict[str, list[Item]], list[str], dict]:
+    """Load, validate and (if allowed) clean the manifest and extra evaluation sets. When
+    ``transcribes()`` (the audio encoder can; asked only if some item has audio but no
+    text, so a bad manifest is reported before any encoder is read), such an item is valid.
 
     Returns the manifest of each set (for resolving audio paths), the item lists by
     set name (train, valid, test, extras), the label order, and the data provenance
@@ -77,7 +85,8 @@ def prepare_data(config: TrainConfig) -> tuple[dict[str, Manifest], dict[str, li
         labels = list(config.labels)
     else:
         labels = order_labels({i.label for i in manifest.items if i.split == "train" and i.label is not None})
-    report = validate_manifest(manifest, labels, check_audio=config.check_audio, progress=config.progress)
+    report = validate_manifest(manifest, labels, check_audio=config.check_audio, progress=config.progress,
+                               transcribes=_textless_audio(manifest) and transcribes())
     log(report.format())
     sets: dict[str, list[Item]] = {}
     provenance = {
@@ -99,7 +108,8 @@ def prepare_data(config: TrainConfig) -> tuple[dict[str, Manifest], dict[str, li
         derive_labels(extra.items)
         extra = extra.subset([i for i in extra.items if i.split == split])
         extra_report = validate_manifest(extra, labels, check_audio=config.check_audio, progress=config.progress,
-                                         expected_splits=(split,))
+                                         expected_splits=(split,),
+                                         transcribes=_textless_audio(extra) and transcribes())
         # An evaluation item whose id the model trained or early-stopped on is leakage too.
         for index, item in enumerate(extra.items):
             if item.id in seen_for_training:

@@ -125,6 +125,9 @@ def write_report(folder: Path, bundle: Bundle, history: dict, extra_sections: li
     lines += ["## Data", "", "| set | items | with audio | with score |", "|---|---|---|---|"]
     for name, n in data.get("counts", {}).items():
         lines.append(f"| {name} | {n} | {data.get('with_audio', {}).get(name, '–')} | {data.get('with_score', {}).get(name, '–')} |")
+    if any(data.get("transcribed", {}).values()):
+        lines += ["", "Items with audio but no text that read their audio's transcript (the audio encoder's CTC "
+                  f"head) as their text: {', '.join(f'{k} {v}' for k, v in data['transcribed'].items())}."]
     validation = data.get("validation", {})
     lines += ["", f"Manifest: `{data.get('manifest')}` (sha256 {str(data.get('manifest_sha256', ''))[:16]}…).",
               f"Validation errors by kind: {validation.get('problem_counts') or 'none'}; "
