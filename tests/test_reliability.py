@@ -457,5 +457,7 @@ def test_client_that_hangs_up_cancels_its_downstream_work(app_url):
     assert outcome["cancelled"] >= 1, outcome
     # Cancelled while queued in the encoder, or before it got there: either way no
     # forward pass ran for a client that had gone (one may race its own timeout).
-    assert outcome["encoded"] <= 1
+    # On a loaded 2-core machine a second one was seen to race its timeout; without
+    # cancellation all of them are encoded.
+    assert outcome["encoded"] <= 2, outcome
     assert httpx.post(f"{app_url}/v1/predict", json={"text": "still here"}, timeout=30).status_code == 200

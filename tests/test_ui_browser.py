@@ -94,10 +94,14 @@ def ui_bundle(tiny_bundle, tmp_path_factory) -> Path:
 
 UI_APP = "sentiment"
 DRIVER_REPLICAS = 2
+# Log lines per Driver replica before this module deployed: earlier modules' apps of the
+# same name leave log files whose replicas are gone.
+BEFORE: dict[str, int] = {}
 
 
 @pytest.fixture(scope="module")
 def ui_url(ray_cluster, ui_bundle) -> str:
+    BEFORE.update(replica_log_lines(UI_APP, "Driver", "/gradio_api/queue/join"))
     return deploy(ray_cluster, {"bundle": str(ui_bundle), "deployments": {"Driver": {"num_replicas": DRIVER_REPLICAS}}},
                   name=UI_APP)
 
@@ -344,7 +348,8 @@ def test_both_driver_replicas_served_browser_sessions(browser, ui_url, labels):
     opened (each predicting once) until both Driver replicas have answered the page's
     queue, as their own logs show."""
     def served() -> dict[str, int]:
-        return {r: n for r, n in replica_log_lines(UI_APP, "Driver", "/gradio_api/queue/join").items() if n}
+        return {r: n for r, n in replica_log_lines(UI_APP, "Driver", "/gradio_api/queue/join").items()
+                if n > BEFORE.get(r, 0)}
 
     for _ in range(12):
         if len(served()) == DRIVER_REPLICAS:
