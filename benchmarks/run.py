@@ -52,8 +52,9 @@ MODES = {
                 demo_concurrencies=[16, 64], front_door_concurrency=[16, 64], front_door_s=15),
 }
 # The parts of a run, for --skip and --only. inprocess: (a) and (b); model-bound: the
-# forward passes alone; served: (c); scenario: text batching on/off (inside served).
-PARTS = ("inprocess", "model-bound", "served", "scenario", "demo", "front-door")
+# forward passes alone; served: (c); scenario: text batching on/off (inside served);
+# long-audio: short requests beside 5-minute recordings.
+PARTS = ("inprocess", "model-bound", "served", "scenario", "demo", "front-door", "long-audio")
 
 
 def parse_args(argv=None):
@@ -141,6 +142,9 @@ def run_benchmark(argv: list[str] | None = None) -> Path:
             replicas = [int(n) for n in args.front_door_replicas.split(",")]
             results.setdefault("scenarios", {})["front_door"] = guarded(
                 "front door", lambda: scenarios.front_door_scenario(setup, mode, replicas, out, device))
+        if "long-audio" not in skip:
+            results.setdefault("scenarios", {})["long_recordings"] = guarded(
+                "long recordings", lambda: scenarios.long_recordings_scenario(setup, mode, out, device, args.demo_bundle))
     except BaseException as exc:
         # A run that dies late (a lost Ray head, Ctrl-C) still leaves what it measured.
         results["failed"] = repr(exc)

@@ -114,6 +114,48 @@ def cpu_tables(results: dict) -> str:
     return "\n".join(out)
 
 
+def perf_analyzer_table(results: dict) -> str:
+    """The front door measured by two load generators: ours on /v1/predict (JSON) and
+    Triton's perf_analyzer on /v2 infer (binary tensors), same texts' kind, same concurrency."""
+    front = (results.get("scenarios") or {}).get("front_door") or {}
+    rows = []
+    for run in front.get("runs", []):
+        pa, ours = run.get("perf_analyzer"), (run.get("levels") or [{}])[0]
+        if not pa:
+            continue
+        if "requests_per_s" not in pa:
+            rows.append(f"| {run['driver_replicas']} | {_fmt(work_rps(ours))} | {_fmt(ours.get('p50_ms'))} | "
+                        f"– | – | {pa.get('skipped') or 'failed (results.json)'} |")
+            continue
+        rows.append(f"| {run['driver_replicas']} | {_fmt(work_rps(ours))} | {_fmt(ours.get('p50_ms'))} | "
+                    f"{_fmt(pa['requests_per_s'])} | {_fmt(pa['p50_ms'])} | c={pa['concurrency']} |")
+    if not rows:
+        return "perf_analyzer was not run."
+    return "\n".join(["| Driver replicas | ours /v1 rps | ours p50 ms | perf_analyzer /v2 rps | perf_analyzer p50 ms | note |",
+                      "|---|---|---|---|---|---|", *rows])
+
+
+def long_recordings_table(results: dict) -> str:
+    """Short requests' latency alone and beside 5-minute recordings, and the recordings' own."""
+    scenario = (results.get("scenarios") or {}).get("long_recordings")
+    if not scenario or "short_alone" not in scenario:
+        return "Not measured." if not scenario else f"Not measured: {scenario.get('failed', scenario)}"[:700]
+    alone, beside, long = scenario["short_alone"], scenario["short_with_long"], scenario["long"]
+    return "\n".join([
+        f"Bundle `{scenario['bundle'].get('name')}`; the recordings are synthetic (tones with a pitch contour), "
+        f"{scenario['recording_seconds']:g} s each, one client sending them back to back.",
+        "",
+        "| short requests (c=4) | rps | p50 ms | p99 ms | errors |", "|---|---|---|---|---|",
+        f"| alone | {_fmt(alone.get('throughput_rps'))} | {_fmt(alone.get('p50_ms'))} | {_fmt(alone.get('p99_ms'))} | "
+        f"{_fmt(alone.get('errors'))} |",
+        f"| beside the recordings | {_fmt(beside.get('throughput_rps'))} | {_fmt(beside.get('p50_ms'))} | "
+        f"{_fmt(beside.get('p99_ms'))} | {_fmt(beside.get('errors'))} |",
+        "",
+        f"Recordings answered: {long['answered']} of {long['sent']}; time to the timeline p50 "
+        f"{_fmt(long.get('p50_ms'))} ms, max {_fmt(long.get('max_ms'))} ms.",
+    ])
+
+
 def _stage(bound: dict, stage: str) -> str:
     st = bound["stages"].get(stage)
     if not st:

@@ -11,6 +11,11 @@ request by role is measured on exactly what a user deploys.
 - **front door**: the tiny test bundle (``model.factory.save_tiny_bundle``), whose models
   cost next to nothing, text-only, with the Driver at 1, 2 and 4 replicas (fixed, its
   autoscaling dropped): what HTTP, HAProxy, the Driver and Serve's hops alone can carry.
+  Each level is loaded again by Triton's perf_analyzer on ``/v2`` (``benchmarks.oip_perf``).
+- **long recordings**: the demo bundle (else the tiny one), short mixed requests at
+  concurrency 4 alone, then beside one client sending 5-minute synthetic recordings back
+  to back: the short requests' p50 and p99 with and without the long traffic, and how
+  long a recording took to come back as a timeline.
 """
 
 from __future__ import annotations
@@ -163,6 +168,29 @@ def demo_scenario(setup, mode: dict, out: Path, device: str, path: Path | None =
     return result
 
 
+def perf_analyzer_level(system, concurrency: int, seconds: float, label: str) -> dict:
+    """Triton's perf_analyzer on ``/v2/models/sentiment/infer`` (binary tensors, short review
+    texts) at the closed loop's concurrency: a second load generator, not ours, on the same system."""
+    from benchmarks.oip_perf import PerfAnalyzerFailed, find_perf_analyzer, measure, usable
+
+    command = find_perf_analyzer()
+    if command is None or not usable(command):
+        return {"skipped": "perf_analyzer not found: `make install` puts it in the venv (scripts/perf-analyzer.sh)"}
+    log(f"{label}perf_analyzer, concurrency {concurrency}")
+    try:
+        # Three windows that make up the level's duration; a loose stability bar and few
+        # trials, so a noisy shared machine cannot stretch the run.
+        summary = measure(command, system.url.removeprefix("http://"), str(concurrency),
+                          measurement_interval_ms=max(1000, int(seconds * 1000 / 3)), timeout_s=seconds * 10 + 60,
+                          extra_args=("--stability-percentage", "50", "--max-trials", "4"))
+    except PerfAnalyzerFailed as exc:
+        return {"failed": str(exc)[-2000:]}
+    level = summary["results"][0]
+    log(f"{label}perf_analyzer c={concurrency}: {level['requests_per_s']} rps p50 {level['p50_ms']} ms "
+        f"p99 {level['p99_ms']} ms")
+    return level
+
+
 def front_door_scenario(setup, mode: dict, replicas: list[int], out: Path, device: str) -> dict:
     """Near-free models, text-only, the Driver fixed at each of ``replicas`` in turn (updated in place)."""
     from benchmarks import bundles, workload
@@ -196,8 +224,66 @@ def front_door_scenario(setup, mode: dict, replicas: list[int], out: Path, devic
             system.run_level(short, 16, mode["warmup_s"], 0, client_timeout_s(config), f"front door warm-up x{n}")
             levels = measure_levels(system, config, short, mode["front_door_concurrency"], mode["front_door_s"],
                                     min(mode["warmup_s"], 5), settle=False, label=f"front door x{n} ")
-            result["runs"].append({"driver_replicas": n, "levels": levels})
+            result["runs"].append({"driver_replicas": n, "levels": levels,
+                                   "perf_analyzer": perf_analyzer_level(system, mode["front_door_concurrency"][0],
+                                                                        mode["front_door_s"], f"front door x{n} ")})
     finally:
         if system is not None:
             _stop(system, result, workdir)
+    return result
+
+
+LONG_RECORDING_S = 300.0
+
+
+def long_recordings_scenario(setup, mode: dict, out: Path, device: str, path: Path | None = None) -> dict:
+    """Short requests' latency with and without 5-minute recordings in the same service."""
+    import asyncio
+    import threading
+
+    import numpy as np
+
+    from benchmarks import bundles, workload
+    from benchmarks.closed_loop import closed_loop
+    from benchmarks.latency_stats import summarize
+    from harness import free_port
+    from model.audio import encode_wav
+
+    path = (path or DEMO_BUNDLE).resolve()
+    if not (path / "bundle.json").is_file():
+        path = bundles.build_tiny_bundle(ROOT / "bench-results" / "_bundles")
+    short, _ = workload.build_workload(mode["requests"], _tokenizer(path), seed=3)
+    rate = 16_000
+    recording = workload.Request(0, "audio", None, 0, encode_wav(
+        workload.synth_audio(LONG_RECORDING_S, rate, np.random.default_rng(0)), rate), LONG_RECORDING_S, rate)
+    result: dict = {"bundle": bundles.describe(path), "workload": {"short": workload.describe(short)},
+                    "recording_seconds": LONG_RECORDING_S, "recording_is_synthetic": True}
+    config = setup.config(path, free_port())
+    seconds = mode["scenario_s"]
+    log("long recordings: starting Ray and `serve run`")
+    system = setup.start(config, out / "long-recordings")
+    result["startup_s"] = round(system.startup_s, 1)
+    try:
+        system.run_level(short, 4, mode["warmup_s"], 0, client_timeout_s(config), "long recordings warm-up")
+        result["short_alone"] = system.run_level(short, 4, seconds, min(mode["warmup_s"], 5),
+                                                 client_timeout_s(config), "short alone c=4")
+        long_records: list = []
+
+        def long_traffic():
+            records, _ = asyncio.run(closed_loop(system.url, [recording], 1, seconds, 600))
+            long_records.extend(records)
+
+        background = threading.Thread(target=long_traffic, daemon=True)
+        background.start()
+        result["short_with_long"] = system.run_level(short, 4, seconds, min(mode["warmup_s"], 5),
+                                                     client_timeout_s(config), "short beside 5-min recordings c=4")
+        background.join()
+        answered = [end - start for start, end, status, *_ in long_records if status == 200]
+        result["long"] = {"sent": len(long_records), "answered": len(answered), **summarize(answered)}
+        for key in ("short_alone", "short_with_long"):
+            level = result[key]
+            log(f"long recordings: {key}: p50 {level['p50_ms']} ms p99 {level['p99_ms']} ms")
+        log(f"long recordings: {len(answered)} of {len(long_records)} recordings answered")
+    finally:
+        _stop(system, result, out / "long-recordings")
     return result

@@ -26,6 +26,7 @@ from deployments.retries import RetryLog, check_output, with_retries
 from model.audio import decode_audio
 from model.audio_encoder import AudioEncoderFacts
 from model.bundle import Bundle
+from model.segments import Window, duration_weighted, split_on_silence
 
 logger = logging.getLogger("ray.serve")
 
@@ -38,6 +39,7 @@ CANNOT_TRANSCRIBE = ("No transcript was available: this model cannot transcribe 
 TRANSCRIBE_OFF = ("No transcript was available: this bundle turns transcription off; "
                   "type what was said for the text branch.")
 NO_WORDS_HEARD = "No transcript was available: no words were recognised in the speech, so the text branch was not used."
+NO_ATTENTION_FOR_SEGMENTS = "explain: no attention map for a recording answered in segments."
 
 
 class DriverSettings(BaseModel):
@@ -47,6 +49,9 @@ class DriverSettings(BaseModel):
     # Upper bound on one /v1/predict call inside the driver (queueing + models);
     # keep it below http_options.request_timeout_s so the client gets our 504.
     request_timeout_s: float = Field(30.0, gt=0)
+    # The same for a recording answered in segments (Limits.segment_seconds): its windows
+    # share the encoders with every other request. Keep http_options.request_timeout_s above it.
+    long_request_timeout_s: float = Field(300.0, gt=0)
     retries: int = Field(2, ge=0, le=5)
     ui: bool = True
     # Name of the environment variable holding the API key; unset or empty = no auth.
@@ -103,6 +108,7 @@ class Driver:
         self.can_transcribe = facts.can_transcribe
         # Never below the encoder's receptive field: a shorter clip cannot be encoded.
         self.audio_limits = self.settings.limits.audio_limits(min_seconds=facts.min_seconds)
+        self.long_audio_limits = self.settings.limits.long_audio_limits(min_seconds=facts.min_seconds)
         # In the replica, ``app`` here is the copy Serve actually serves (checked:
         # the same object as request.app), so the edge middleware reads this state.
         app.state.settings = self.settings
@@ -122,7 +128,8 @@ class Driver:
 
     async def _run_models(self, text: str | None, waveform, explain: bool,
                           transcribe: bool) -> tuple[dict, dict | None, str | None]:
-        # Text and audio encoding run concurrently; fusion starts when both are done.
+        # Text and audio encoding run concurrently; fusion starts when both are done. A
+        # text-only request is fused by the text encoder itself: one hop, not two.
         # Both results are awaited here rather than handed to FusionHead unresolved: over
         # Serve's gRPC transport a DeploymentResponse argument is resolved by this
         # process's router anyway (the features pass through here either way), and when
@@ -139,8 +146,14 @@ class Driver:
                 calls = []
                 transcript = audio_result["transcript"]
                 text = transcript or None  # nothing heard: no text branch
+            if text is not None and waveform is None:
+                # Nothing to combine: the text encoder fuses it in the same call (text_encoder.py).
+                calls = [self.text_encoder.encode.remote(text, explain, True)]
+                text_result = await calls[0]
+                calls = []
+                return text_result.pop("fused"), text_result, transcript
             if text is not None:
-                calls.append(self.text_encoder.encode.remote(text, explain))
+                calls.append(self.text_encoder.encode.remote(text, explain, False))
             if waveform is not None and audio_result is None:
                 calls.append(self.audio_encoder.encode.remote(waveform, False))
             encoded = await asyncio.gather(*calls)
@@ -164,6 +177,55 @@ class Driver:
         check_output(result)
         return result, text_result, transcript
 
+    async def _predict_windows(self, text: str | None, waveform, windows: list[Window], transcribe: bool,
+                               request_id: str, log: RetryLog) -> tuple[dict, dict | None, str | None]:
+        """Each window as a request of its own (with the request's text, if any), at most
+        ``max_segments_in_flight`` at once: they join the encoders' batches beside every
+        other request's items, never more than that many of this request's in one batch."""
+        gate = asyncio.Semaphore(self.settings.limits.max_segments_in_flight)
+
+        async def one(window: Window):
+            async with gate:
+                clip = waveform[window.start:window.end]
+                return await with_retries(lambda: self._attempt(text, clip, False, transcribe),
+                                          self.settings.retries, request_id, log)
+
+        tasks = [asyncio.ensure_future(one(window)) for window in windows]
+        try:
+            outcomes = await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:  # one window failed: the others' work is not needed
+                task.cancel()
+        labels = self.bundle.labels
+        durations = [(w.end - w.start) / self.sampling_rate for w in windows]
+        fused = [result for result, _, _ in outcomes]
+        overall = duration_weighted(fused, durations, labels)
+        modalities = {"fused": dict(overall)}
+        for branch in ("text", "audio"):
+            if all(branch in result["modalities"] for result in fused):
+                modalities[branch] = duration_weighted([r["modalities"][branch] for r in fused], durations, labels)
+        segments = []
+        for window, (result, _, heard) in zip(windows, outcomes):
+            start, end = window.seconds(self.sampling_rate)
+            segment = {"start": round(start, 3), "end": round(end, 3), "label": result["label"],
+                       "scores": result["scores"], "sentiment": result["sentiment"]}
+            if heard is not None:
+                segment["transcript"] = heard
+            segments.append(segment)
+        heard = [transcript for _, _, transcript in outcomes if transcript is not None]
+        transcript = " ".join(t for t in heard if t) if heard else None
+        result = {**overall, "modalities": modalities, "segments": segments, "aggregation": "duration_weighted_mean"}
+        return result, outcomes[0][1], transcript
+
+    def _windows(self, request: PredictInput, waveform) -> list[Window] | None:
+        """The windows of a recording answered in segments, or None for one answered whole."""
+        if waveform is None or not request.long_audio:
+            return None
+        limits = self.settings.limits
+        windows = split_on_silence(waveform, self.sampling_rate, limits.segment_seconds,
+                                   min_seconds=max(0.5, self.audio_limits.min_seconds))
+        return windows if len(windows) > 1 else None
+
     async def predict(self, request: PredictInput, request_id: str) -> dict:
         metrics.note_modality(request.text, request.audio)
         waveform = None
@@ -171,23 +233,29 @@ class Driver:
             # Decoding is CPU work: keep it off the event loop. It is bounded by the
             # audio limits, so it needs no timeout of its own.
             began = time.perf_counter()
+            limits = self.long_audio_limits if request.long_audio else self.audio_limits
             with tracing.span("decode_audio", {"audio_bytes": len(request.audio)}):
-                waveform = await asyncio.to_thread(decode_audio, request.audio, self.sampling_rate, self.audio_limits)
+                waveform = await asyncio.to_thread(decode_audio, request.audio, self.sampling_rate, limits)
             metrics.record_decode(waveform.shape[-1] / self.sampling_rate, time.perf_counter() - began)
+        windows = self._windows(request, waveform)
         log = RetryLog()
+        transcribe = request.transcribe and self.can_transcribe
+        deadline = self.settings.long_request_timeout_s if windows else self.settings.request_timeout_s
         try:
-            transcribe = request.transcribe and self.can_transcribe
-            result, text_result, transcript = await asyncio.wait_for(
-                with_retries(lambda: self._attempt(request.text, waveform, request.explain, transcribe),
-                             self.settings.retries, request_id, log),
-                timeout=self.settings.request_timeout_s,
-            )
+            if windows:
+                answer = self._predict_windows(request.text, waveform, windows, transcribe, request_id, log)
+            else:
+                answer = with_retries(lambda: self._attempt(request.text, waveform, request.explain, transcribe),
+                                      self.settings.retries, request_id, log)
+            result, text_result, transcript = await asyncio.wait_for(answer, timeout=deadline)
         except asyncio.TimeoutError:
             if log.replica_failures:
                 raise Unavailable("a model replica failed and its replacement did not answer in time; "
                                   "retry shortly") from None
-            raise Timeout(f"no answer within {self.settings.request_timeout_s:g} s") from None
+            raise Timeout(f"no answer within {deadline:g} s") from None
         warnings = []
+        if windows and request.explain:
+            warnings.append(NO_ATTENTION_FOR_SEGMENTS)
         if not self.bundle.trained:
             warnings.append("This model is UNTRAINED: its predictions are meaningless.")
         if waveform is not None and self.bundle.synthetic_speech:

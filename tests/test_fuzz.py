@@ -238,8 +238,11 @@ def url(ray_cluster, tiny_bundle):
     from tests.conftest import deploy
 
     args = {"bundle": str(tiny_bundle),
+            # /v1/predict takes long recordings: its caps are the max_long_* ones.
             "settings": {"ui": False, "limits": {"max_body_bytes": 256 * 1024, "max_text_chars": 300,
-                                                 "max_audio_bytes": 128 * 1024, "max_audio_seconds": 3}},
+                                                 "max_audio_bytes": 128 * 1024, "max_audio_seconds": 3,
+                                                 "max_long_body_bytes": 256 * 1024,
+                                                 "max_long_audio_bytes": 128 * 1024, "max_long_audio_seconds": 3}},
             "deployments": {name: {"ray_actor_options": {"num_cpus": 0.1}}
                             for name in ("Driver", "TextEncoder", "AudioEncoder", "FusionHead")}}
     app_url = deploy(ray_cluster, args, name="fuzz", route_prefix="/fuzz")

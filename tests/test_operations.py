@@ -1,6 +1,6 @@
 """What an operator does to a running app, on a real local Ray: change user_config live,
-hit the request deadline (504), lose a deployment (/healthz 503), and let autoscaling
-add a replica under load and remove it after.
+hit the request deadline (504), see abandoned requests cancelled, lose a deployment
+(/healthz 503), and let autoscaling add a replica under load and remove it after.
 
 The app is deployed the way ``serve deploy serve_config.yaml`` does it (a declarative
 config applied by the controller), so a user_config change reconfigures the running
@@ -9,14 +9,16 @@ replicas instead of replacing them.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import threading
 import time
+import uuid
 
 import httpx
 import pytest
 
-from tests.conftest import wait_healthy
+from tests.conftest import serve_log_dir, wait_healthy
 
 pytestmark = pytest.mark.slow
 
@@ -152,6 +154,47 @@ def test_a_request_past_the_deadline_gets_504_timeout(url, batching):
     assert body["request_id"] == r.headers["x-request-id"]
     # The deadline, not the batch window, ended it.
     assert REQUEST_TIMEOUT_S <= took < REQUEST_TIMEOUT_S + 2.0, took
+
+
+def log_lines_naming(deployment: str, request_id: str) -> list[str]:
+    return [line for path in serve_log_dir().glob(f"replica_{APP}_{deployment}_*.log")
+            for line in path.read_text(errors="replace").splitlines() if request_id in line]
+
+
+def test_a_client_that_hangs_up_cancels_its_downstream_work(url, batching):
+    # Each request waits 1.5 s in the TextEncoder's batch window (inside the driver's 2 s
+    # deadline, so only the hang-up can cancel it); each client leaves after 0.3 s. The
+    # cancel has 1.2 s to travel HAProxy -> driver -> encoder; uncancelled, all six are
+    # encoded when the window closes.
+    window = {"max_batch_size": 64, "batch_wait_timeout_s": 1.5}
+    batching(window)
+    wait_for_stats(url, window)
+    ids = [f"hangup-{i}-{uuid.uuid4().hex[:8]}" for i in range(6)]
+
+    def abandon(request_id: str) -> bool:
+        try:
+            httpx.post(f"{url}/v1/predict", json={"text": "nobody waits for this"},
+                       headers={"X-Request-ID": request_id}, timeout=0.3)
+        except httpx.TimeoutException:
+            return True
+        return False
+
+    with concurrent.futures.ThreadPoolExecutor(len(ids)) as pool:
+        assert all(pool.map(abandon, ids))
+    time.sleep(window["batch_wait_timeout_s"] + 2.0)  # past the window, had they stayed queued
+    outcome = collections.Counter()
+    for request_id in ids:
+        lines = log_lines_naming("TextEncoder", request_id)
+        outcome["encoded" if any("CALL encode OK" in line for line in lines) else
+                "cancelled" if any("CANCELLED" in line for line in lines) else "never reached"] += 1
+    reached_driver = [i for i in ids if log_lines_naming("Driver", f"request {i}:")]
+    print(f"\n[disconnect] 6 abandoned requests: {len(reached_driver)} reached the driver; "
+          f"at the text encoder: {dict(outcome)}")
+    # They did get in (else nothing was tested): all parsed by the driver, and queued
+    # in the encoder when their clients left. No forward pass ran for any of them.
+    assert reached_driver == ids, reached_driver
+    assert outcome["encoded"] == 0 and outcome["cancelled"] >= 1, outcome
+    assert httpx.post(f"{url}/v1/predict", json={"text": "still here"}, timeout=30).status_code == 200
 
 
 def test_healthz_answers_503_while_a_deployment_is_down(url):

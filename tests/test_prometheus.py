@@ -84,7 +84,7 @@ def app(ray_cluster, tiny_bundle):
               # The poisoned replica must stay in place for all three attempts of one request.
               "health_check_period_s": 600}
     # A small body cap, so that one refusal at the edge costs little to send.
-    args = {"bundle": str(tiny_bundle), "settings": {"retries": 2, "limits": {"max_body_bytes": BODY_CAP}},
+    args = {"bundle": str(tiny_bundle), "settings": {"retries": 2, "limits": {"max_body_bytes": BODY_CAP, "max_long_body_bytes": BODY_CAP}},
             "deployments": {"FusionHead": fusion}}
     url = deploy(ray_cluster, args, name=APP, route_prefix=PREFIX)
     yield url
@@ -120,7 +120,8 @@ def send_traffic(url: str, wav: bytes, bad_audio: bytes) -> dict:
         from ray import serve
 
         serve.get_deployment_handle("FusionHead", app_name=APP).inject_fault.remote("nan_weights").result()
-        poisoned = client.post("/v1/predict", json={"text": "after the fault"})
+        # Text with audio: FusionHead fuses it (the text encoder fuses text-only requests itself).
+        poisoned = client.post("/v1/predict", json={"text": "after the fault", "audio": audio})
         assert poisoned.status_code == 503 and poisoned.json()["error"]["code"] == "model_unhealthy", poisoned.text
     return model
 
@@ -130,10 +131,11 @@ def test_app_metrics_reach_prometheus(prometheus, app, wav_bytes):
     model = send_traffic(app, wav_bytes, b"random bytes" * 40)
     sel = f'application="{APP}"'
     predict = f'{sel}, route="/v1/predict"'
-    per_item = {"TextEncoder": 3 + 2 + 3, "AudioEncoder": 2 + 2, "FusionHead": 3 + 2 + 2 + 3}  # 3 attempts at the end
+    # The poisoned request takes 3 attempts; text-only requests never reach FusionHead.
+    per_item = {"TextEncoder": 3 + 2 + 3, "AudioEncoder": 2 + 2 + 3, "FusionHead": 2 + 2 + 3}
     expected = {
         f'sum(ray_sentiment_http_requests_total{{{predict}, modality="text", status="200"}})': 3,
-        f'sum(ray_sentiment_http_requests_total{{{predict}, modality="text", status="503"}})': 1,
+        f'sum(ray_sentiment_http_requests_total{{{predict}, modality="both", status="503"}})': 1,
         f'sum(ray_sentiment_http_requests_total{{{predict}, modality="audio", status="200"}})': 2,
         f'sum(ray_sentiment_http_requests_total{{{predict}, modality="audio", status="422"}})': 1,
         f'sum(ray_sentiment_http_requests_total{{{predict}, modality="both", status="200"}})': 2,
@@ -143,8 +145,8 @@ def test_app_metrics_reach_prometheus(prometheus, app, wav_bytes):
         f'sum(ray_sentiment_http_request_duration_seconds_count{{{predict}}})': 9,
         f'sum(ray_sentiment_errors_total{{{sel}, code="audio_undecodable", status="422"}})': 1,
         f'sum(ray_sentiment_errors_total{{{sel}, code="model_unhealthy", status="503"}})': 1,
-        f'sum(ray_sentiment_audio_received_seconds_total{{{sel}}})': 4.0,  # four 1 s clips
-        f'sum(ray_sentiment_audio_decode_seconds_count{{{sel}}})': 4,
+        f'sum(ray_sentiment_audio_received_seconds_total{{{sel}}})': 5.0,  # five 1 s clips
+        f'sum(ray_sentiment_audio_decode_seconds_count{{{sel}}})': 5,
         f'sum(ray_sentiment_replica_retries_total{{{sel}, failure="ModelUnhealthy"}})': 2,
         f'sum(ray_sentiment_bundle_info{{{sel}, name="{model["name"]}", version="{model["version"]}"}})': 1,
     }

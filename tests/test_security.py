@@ -23,7 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 APP, PREFIX = "secure", "/sec"
 KEY_ENV = "SENTIMENT_TEST_API_KEY"
 KEY = "k-" + uuid.uuid4().hex
-LIMITS = {"max_body_bytes": 3 * 1024 * 1024, "max_audio_bytes": 1024 * 1024}
+# The long-recording caps too: /v1/predict and Gradio's upload take long recordings.
+LIMITS = {"max_body_bytes": 3 * 1024 * 1024, "max_audio_bytes": 1024 * 1024,
+          "max_long_body_bytes": 3 * 1024 * 1024, "max_long_audio_bytes": 1024 * 1024}
 
 # ---- static checks: no pickle on the request path or in bundles ---------------------
 

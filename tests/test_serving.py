@@ -38,6 +38,28 @@ def test_text_only(client):
     assert r.headers["x-request-id"] == r.json()["request_id"]
 
 
+def test_text_only_is_fused_by_the_text_encoder_with_the_pipelines_answer(client, tiny_bundle):
+    """A text-only request skips FusionHead (the text encoder fuses it in the same call),
+    and its answer is the in-process pipeline's for the same text."""
+    from model.bundle import Bundle
+    from model.pipeline import SentimentPipeline
+
+    texts = ["a wonderful, moving film", "dull and lifeless", "it was fine, I guess"]
+    before = client.get("/v1/stats").json()
+    served = [client.post("/v1/predict", json={"text": text}).json() for text in texts]
+    after = client.get("/v1/stats").json()
+    assert after["TextEncoder"]["items"] - before["TextEncoder"]["items"] == len(texts)
+    assert after["FusionHead"]["items"] == before["FusionHead"]["items"], "a text-only request reached FusionHead"
+    reference = SentimentPipeline(Bundle.load(tiny_bundle), device="cpu").predict(texts, [None] * len(texts))
+    for got, want in zip(served, reference):
+        assert got["label"] == want["label"]
+        assert set(got["modalities"]) == {"fused", "text"}
+        for label, score in want["scores"].items():
+            assert got["scores"][label] == pytest.approx(score, abs=2e-3)
+            assert got["modalities"]["text"]["scores"][label] == pytest.approx(
+                want["modalities"]["text"]["scores"][label], abs=2e-3)
+
+
 def test_audio_only(client, wav_bytes):
     r = client.post("/v1/predict", json={"audio": base64.b64encode(wav_bytes).decode()})
     assert r.status_code == 200, r.text
@@ -97,9 +119,77 @@ def test_bad_input_gets_4xx_and_service_stays_up(client, kwargs, status, code):
 
 
 def test_oversize_body_is_413(client):
-    r = client.post("/v1/predict", content=b"{" + b" " * (16 * 1024 * 1024), headers={"content-type": "application/json"})
-    assert r.status_code == 413
-    assert r.json()["error"]["code"] == "payload_too_large"
+    from deployments.http.schema import Limits
+
+    limits = Limits()
+    # /v1/predict takes long recordings: its cap is the long one; every other route keeps the short one.
+    for path, cap in (("/v1/predict", limits.max_long_body_bytes), ("/v2/models/sentiment/infer", limits.max_body_bytes)):
+        r = client.post(path, content=b"{" + b" " * cap, headers={"content-type": "application/json"})
+        assert r.status_code == 413, (path, r.text[:200])
+        assert r.json()["error"]["code"] == "payload_too_large"
+        assert str(cap) in r.json()["error"]["message"]
+
+
+RATE = 16_000
+
+
+def spoken(seconds: float):
+    """0.7 s tone bursts ('words') starting every second at +0.5 s, faint noise between."""
+    from tests.test_segments import speech_like
+
+    return speech_like([(0.5 + i, 1.2 + i) for i in range(int(seconds))], seconds).numpy()
+
+
+def test_a_long_recording_is_answered_as_a_timeline_of_windows(client):
+    from deployments.http.schema import Limits
+    from model.audio import encode_wav
+
+    limits = Limits()
+    wave = spoken(65.0)
+    before = client.get("/v1/stats").json()["AudioEncoder"]
+    r = client.post("/v1/predict", files={"audio": ("call.wav", encode_wav(wave, RATE), "audio/wav")}, timeout=300)
+    after = client.get("/v1/stats").json()["AudioEncoder"]
+    assert r.status_code == 200, r.text
+    body = r.json()
+    segments = body["segments"]
+    print(f"\n[long recording] 65 s in {len(segments)} windows: "
+          + ", ".join(f"{s['start']:.2f}-{s['end']:.2f}" for s in segments))
+    assert body["aggregation"] == "duration_weighted_mean"
+    assert segments[0]["start"] == 0 and segments[-1]["end"] == pytest.approx(65.0, abs=1e-3)
+    assert all(a["end"] == b["start"] for a, b in zip(segments, segments[1:]))
+    assert 7 <= len(segments) <= 9 and all(s["end"] - s["start"] <= limits.segment_seconds + 1e-6 for s in segments)
+    # Cut in the pauses (0.2-0.5 s past each second), never inside a 'word'.
+    assert all(0.2 <= s["end"] % 1.0 < 0.5 for s in segments[:-1]), [s["end"] for s in segments]
+    # The overall prediction is the duration-weighted mean of the windows'.
+    total = sum(s["end"] - s["start"] for s in segments)
+    for label, score in body["scores"].items():
+        assert score == pytest.approx(sum(s["scores"][label] * (s["end"] - s["start"]) for s in segments) / total,
+                                      abs=1e-6)
+    assert set(body["modalities"]) == {"fused", "audio"} and body["transcript"] is None
+    # Every window went through the same batches as other requests, never more than
+    # max_segments_in_flight of them in one batch.
+    formed = {int(size): count - before["histogram"].get(size, 0) for size, count in after["histogram"].items()}
+    formed = {size: count for size, count in formed.items() if count > 0}
+    assert after["items"] - before["items"] == len(segments)
+    assert max(formed) <= limits.max_segments_in_flight, formed
+    # A window's prediction is the one that window gets when sent alone.
+    first = segments[1]
+    clip = wave[int(round(first["start"] * RATE)):int(round(first["end"] * RATE))]
+    alone = client.post("/v1/predict", files={"audio": ("w.wav", encode_wav(clip, RATE), "audio/wav")}).json()
+    assert "segments" not in alone
+    for label, score in alone["scores"].items():
+        assert first["scores"][label] == pytest.approx(score, abs=2e-3)
+
+
+def test_a_recording_over_the_long_limit_is_refused_with_413(client):
+    from deployments.http.schema import Limits
+    from model.audio import encode_wav
+
+    seconds = Limits().max_long_audio_seconds + 1
+    r = client.post("/v1/predict", files={"audio": ("long.wav", encode_wav(tone(seconds, 8_000), 8_000), "audio/wav")})
+    assert r.status_code == 413, r.text[:300]
+    assert r.json()["error"]["code"] == "audio_too_long"
+    assert client.get("/healthz").status_code == 200
 
 
 def test_model_metadata_and_docs(client):
@@ -126,6 +216,24 @@ def test_gradio_client_predict(served_app, tmp_path, wav_bytes):
     label = result[0]
     assert label["label"] in {"negative", "positive"}
     assert {c["label"] for c in label["confidences"]} == {"negative", "positive"}
+
+
+def test_gradio_client_gets_the_timeline_of_a_long_recording(served_app, tmp_path):
+    from gradio_client import Client, handle_file
+
+    from model.audio import encode_wav
+
+    path = tmp_path / "call.wav"
+    path.write_bytes(encode_wav(spoken(25.0), RATE))
+    label, _gauge, _panel, _heatmap, timeline, notes = Client(served_app + "/").predict(
+        "", handle_file(str(path)), api_name="/predict")
+    assert label["label"] in {"negative", "positive"}
+    # The LinePlot's data: one row per window, at its midpoint, over the whole recording.
+    rows = [dict(zip(timeline["columns"], row)) for row in timeline["data"]]
+    print(f"\n[UI timeline] {rows}")
+    assert 3 <= len(rows) <= 4 and rows[0]["start"] == 0 and rows[-1]["end"] == pytest.approx(25.0, abs=1e-3)
+    assert all(-3 <= row["sentiment"] <= 3 for row in rows)
+    assert "| time (s) | label | sentiment | transcript |" in notes
 
 
 def test_concurrent_requests_are_batched(client, served_app):

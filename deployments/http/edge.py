@@ -116,9 +116,9 @@ class EdgeMiddleware:
             # A chunked body has no length to refuse up front. Read it here, up to the
             # cap, so every route (Gradio's included) gets the same clean 413; an app
             # that streams a body has no way to answer one once it has started.
-            receive = await self._buffered(receive, state.settings.limits.max_body_bytes)
+            cap = state.settings.limits.body_cap(route_path(scope))
+            receive = await self._buffered(receive, cap)
             if receive is None:
-                cap = state.settings.limits.max_body_bytes
                 too_large = PayloadTooLarge(f"request body exceeds the limit of {cap} bytes")
                 return await refusal_response(request, too_large, request_id)(scope, receive, send)
 
@@ -171,9 +171,10 @@ class EdgeMiddleware:
     def _refusal(request: Request, settings, expected: str) -> Optional[ServiceError]:
         """``settings`` is the driver's ``DriverSettings`` (its ``limits`` are used here)."""
         declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > settings.limits.max_body_bytes:
-            return PayloadTooLarge(f"request body is {declared} bytes; the limit is {settings.limits.max_body_bytes}")
         path = route_path(request.scope)
+        cap = settings.limits.body_cap(path)
+        if declared.isdigit() and int(declared) > cap:
+            return PayloadTooLarge(f"request body is {declared} bytes; the limit is {cap}")
         if expected and path not in OPEN_PATHS and not authorized(request, expected):
             # Browsers get a Basic challenge (their native login prompt); API clients a Bearer one.
             browser = not path.startswith(("/v1/", "/v2/"))

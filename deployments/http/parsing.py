@@ -1,7 +1,7 @@
 """Reading a ``/v1/predict`` request body (JSON or multipart) into plain values.
 
 The body is read with a hard byte cap before anything parses it, so an oversize
-upload costs at most ``max_body_bytes`` of memory.
+upload costs at most ``max_long_body_bytes`` of memory (this route takes long recordings).
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ class PredictInput:
     explain: bool = False
     # Speech without text: let the audio encoder's transcript (if it can make one) feed the text branch.
     transcribe: bool = True
+    # The route takes long recordings (Limits.max_long_*): decoded with those caps, answered with segments.
+    long_audio: bool = False
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
@@ -65,7 +67,8 @@ def _is_unicode(text: str) -> bool:
     return True
 
 
-def check_input(text: str | None, audio: bytes | None, limits: Limits) -> PredictInput:
+def check_input(text: str | None, audio: bytes | None, limits: Limits, long_audio: bool = False) -> PredictInput:
+    """``long_audio``: the route takes long recordings (``Limits.max_long_audio_bytes``)."""
     if text is not None and not text.strip():
         text = None
     if text is None and not audio:
@@ -76,10 +79,10 @@ def check_input(text: str | None, audio: bytes | None, limits: Limits) -> Predic
         # JSON can carry lone surrogates ("\ud800"); the tokenizer raises on them,
         # and would fail every other request batched with this one.
         raise BadRequest("'text' is not valid Unicode (it contains a lone surrogate)", "invalid_text")
-    if audio is not None and len(audio) > limits.max_audio_bytes:
-        raise PayloadTooLarge(f"audio is {len(audio)} bytes; the limit is {limits.max_audio_bytes}",
-                              "audio_too_large")
-    return PredictInput(text=text, audio=audio or None)
+    audio_cap = limits.max_long_audio_bytes if long_audio else limits.max_audio_bytes
+    if audio is not None and len(audio) > audio_cap:
+        raise PayloadTooLarge(f"audio is {len(audio)} bytes; the limit is {audio_cap}", "audio_too_large")
+    return PredictInput(text=text, audio=audio or None, long_audio=long_audio)
 
 
 def parse_json(body: bytes, limits: Limits) -> PredictInput:
@@ -105,7 +108,7 @@ def parse_json(body: bytes, limits: Limits) -> PredictInput:
             audio = base64.b64decode(audio_b64, validate=True)
         except (binascii.Error, ValueError):
             raise BadRequest("'audio' is not valid base64", "invalid_base64") from None
-    parsed = check_input(text, audio, limits)
+    parsed = check_input(text, audio, limits, long_audio=True)
     parsed.explain = _as_bool(payload.get("explain", False), "explain")
     parsed.transcribe = _as_bool(payload.get("transcribe", True), "transcribe", default=True)
     return parsed
@@ -132,7 +135,7 @@ async def parse_multipart(request: Request, body: bytes, limits: Limits) -> Pred
 
     replay = Request(request.scope, receive)
     try:
-        form = await replay.form(max_files=1, max_fields=len(FIELDS), max_part_size=limits.max_body_bytes)
+        form = await replay.form(max_files=1, max_fields=len(FIELDS), max_part_size=limits.max_long_body_bytes)
     except Exception as exc:  # starlette raises several types for broken multipart
         raise BadRequest(f"malformed multipart body: {str(exc)[:200]}", "malformed_multipart") from None
     try:
@@ -147,7 +150,7 @@ async def parse_multipart(request: Request, body: bytes, limits: Limits) -> Pred
             audio = await upload.read()
         elif isinstance(upload, str) and upload:
             raise BadRequest("'audio' must be a file upload", "invalid_type")
-        parsed = check_input(text, audio, limits)
+        parsed = check_input(text, audio, limits, long_audio=True)
         parsed.explain = _as_bool(form.get("explain", False), "explain")
         parsed.transcribe = _as_bool(form.get("transcribe", True), "transcribe", default=True)
         return parsed
@@ -161,7 +164,7 @@ async def read_predict_request(request: Request, limits: Limits) -> PredictInput
         raise UnsupportedMediaType(
             f"content type {content_type or '(none)'} is not supported; use application/json or multipart/form-data"
         )
-    body = await read_body(request, limits.max_body_bytes)
+    body = await read_body(request, limits.max_long_body_bytes)  # /v1/predict takes long recordings
     if content_type == "application/json":
         return parse_json(body, limits)
     return await parse_multipart(request, body, limits)

@@ -25,7 +25,7 @@ from deployments.http.parsing import PredictInput, check_input
 from deployments.ui.bundle_card import load_examples, model_card
 from deployments.ui.file_scoring import (AudioArchive, BatchError, BatchLimits, columns, read_manifest, run_batch,
                                          write_csv)
-from deployments.ui.plots import attention_image, modality_panel, sentiment_gauge
+from deployments.ui.plots import attention_image, modality_panel, segment_table, sentiment_gauge, timeline_frame
 
 logger = logging.getLogger("ray.serve")
 
@@ -75,11 +75,12 @@ def build_ui(driver) -> gr.Blocks:
             audio = None
             if audio_path:
                 size = Path(audio_path).stat().st_size
-                if size > limits.max_audio_bytes:
-                    raise PayloadTooLarge(f"audio is {_mb(size)}; the limit is {_mb(limits.max_audio_bytes)}")
+                if size > limits.max_long_audio_bytes:
+                    raise PayloadTooLarge(f"audio is {_mb(size)}; the limit is {_mb(limits.max_long_audio_bytes)}")
                 audio = Path(audio_path).read_bytes()
-            parsed = check_input(text or None, audio, limits)
-            result = await driver.predict(PredictInput(parsed.text, parsed.audio, explain=True), request_id)
+            parsed = check_input(text or None, audio, limits, long_audio=True)
+            parsed.explain = True
+            result = await driver.predict(parsed, request_id)
             attention = result.get("attention")
             # Drawing is CPU work: off the event loop that also serves the JSON API.
             heatmap = await asyncio.to_thread(attention_image, attention) if attention else None
@@ -89,7 +90,10 @@ def build_ui(driver) -> gr.Blocks:
         if result.get("transcript"):
             heard = result["transcript"].replace("`", "'")
             notes.insert(0, f"**Transcript** (what the text branch read): `{heard}`")
-        if heatmap is None:
+        segments = result.get("segments")
+        if segments:
+            notes.insert(0, segment_table(segments))
+        elif heatmap is None:
             notes.append("The attention heatmap needs both text and speech.")
         notes.append(f"Request `{request_id}`.")
         return (
@@ -97,6 +101,7 @@ def build_ui(driver) -> gr.Blocks:
             sentiment_gauge(result["sentiment"]),
             modality_panel(result["modalities"], labels),
             heatmap,
+            gr.LinePlot(value=timeline_frame(segments), visible=True) if segments else gr.LinePlot(visible=False),
             "  \n".join(notes),
         )
 
@@ -150,8 +155,13 @@ def build_ui(driver) -> gr.Blocks:
                 heatmap = gr.Image(label="Cross-modal attention (text tokens × audio time)", type="numpy",
                                    format="png", interactive=False, elem_id="heatmap",
                                    buttons=["download", "fullscreen"], render=False)
+                # A recording answered in segments: sentiment against time, each window's
+                # transcript in its tooltip (and in the table in the notes).
+                timeline = gr.LinePlot(x="time", y="sentiment", tooltip=["start", "end", "label", "transcript"],
+                                       y_lim=[-3, 3], x_title="time (s)", y_title="sentiment (−3 … +3)",
+                                       label="Sentiment over time", visible=False, elem_id="timeline", render=False)
                 notes = gr.Markdown("", elem_id="notes", render=False)
-                outputs = [label, gauge, modalities, heatmap, notes]
+                outputs = [label, gauge, modalities, heatmap, timeline, notes]
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=5):
                         text = gr.Textbox(label="Text (what was said)", lines=3, elem_id="text-input",
@@ -161,11 +171,12 @@ def build_ui(driver) -> gr.Blocks:
                             elem_id="audio-input", waveform_options=gr.WaveformOptions(show_recording_waveform=True),
                         )
                         gr.Markdown(
-                            f"**Limits:** speech up to **{limits.max_audio_seconds:g} s** and "
-                            f"**{_mb(limits.max_audio_bytes)}** ({AUDIO_FORMATS}, "
+                            f"**Limits:** speech up to **{limits.max_long_audio_seconds / 60:g} min** and "
+                            f"**{_mb(limits.max_long_audio_bytes)}** ({AUDIO_FORMATS}, "
                             f"{limits.min_sample_rate / 1000:g}–{limits.max_sample_rate / 1000:g} kHz, "
                             f"mono or stereo); text up to **{limits.max_text_chars}** characters. "
-                            "Give text, speech or both. "
+                            f"Speech longer than {limits.segment_seconds:g} s is scored in windows, "
+                            "shown as a timeline. Give text, speech or both. "
                             + (TRANSCRIBES if driver.can_transcribe else CANNOT_TRANSCRIBE),
                             elem_id="limits",
                         )
@@ -190,6 +201,7 @@ def build_ui(driver) -> gr.Blocks:
                         gr.Markdown("**Per modality**")
                         modalities.render()
                         heatmap.render()
+                        timeline.render()
                         notes.render()
             with gr.Tab("Batch", id="batch"):
                 gr.Markdown(
@@ -230,11 +242,11 @@ def mount_ui(app, driver) -> None:
     # position), then gets a "queue full" message instead of piling unbounded work
     # onto the replica. The JSON API does not go through this queue.
     demo.queue(default_concurrency_limit=PREDICT_CONCURRENCY, max_size=QUEUE_MAX_SIZE)
-    # One upload cap for the whole page, sized for the batch zip (itself under the
-    # driver's body cap); single audio files above the audio limit are refused by
-    # predict() with a readable message.
+    # One upload cap for the whole page, sized for a long recording or the batch zip
+    # (each under its route's body cap); a file above its own limit is refused by the
+    # event with a readable message.
     limits = driver.settings.limits
-    max_upload = max(limits.max_audio_bytes, BatchLimits.for_body_limit(limits.max_body_bytes).max_zip_bytes)
+    max_upload = max(limits.max_long_audio_bytes, BatchLimits.for_body_limit(limits.max_body_bytes).max_zip_bytes)
     # ssr_mode=False: client-side rendering only, so Gradio never starts a Node server in the replica.
     gr.mount_gradio_app(app, demo, path="/", max_file_size=max_upload, enable_monitoring=False, ssr_mode=False,
                         run_history=False)

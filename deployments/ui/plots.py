@@ -1,4 +1,5 @@
-"""What the UI draws from one prediction: the attention heatmap, the sentiment gauge, the modality panel.
+"""What the UI draws from one prediction: the attention heatmap, the sentiment gauge, the modality
+panel, and for a recording answered in segments its timeline (data and table).
 
 Pure functions of the response dict; no Gradio, no Ray.
 
@@ -114,3 +115,21 @@ def modality_panel(modalities: dict, labels: list[str]) -> str:
         for key, title in (("text", "text only"), ("audio", "audio only"), ("fused", "fused"))
     )
     return f'<div class="modality-panel" style="display:flex;gap:10px;flex-wrap:wrap">{cards}</div>'
+
+
+def timeline_frame(segments: list[dict]):
+    """One row per window, at its midpoint: what the timeline plot draws."""
+    import pandas as pd
+
+    return pd.DataFrame([{"time": round((seg["start"] + seg["end"]) / 2, 2), "sentiment": seg["sentiment"],
+                          "start": seg["start"], "end": seg["end"], "label": seg["label"],
+                          "transcript": seg.get("transcript") or ""} for seg in segments])
+
+
+def segment_table(segments: list[dict]) -> str:
+    """The windows as a Markdown table: time, label, sentiment and what was heard."""
+    rows = ["| time (s) | label | sentiment | transcript |", "|---|---|---|---|"]
+    for seg in segments:
+        heard = (seg.get("transcript") or "–").replace("|", "/").replace("`", "'")
+        rows.append(f"| {seg['start']:.1f}–{seg['end']:.1f} | {seg['label']} | {seg['sentiment']:+.2f} | {heard} |")
+    return "\n".join(rows) + "\n"  # a blank line after: the next note must not become a row
