@@ -67,11 +67,15 @@ class Batcher:
 
     async def _next_batch(self) -> list[_Pending]:
         batch = [await self.queue.get()]
-        deadline = batch[0].arrived + self.batch_wait_timeout_s
         while len(batch) < self.max_batch_size:
             while len(batch) < self.max_batch_size and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
-            remaining = deadline - time.monotonic()
+            # A request whose caller went away keeps no place and sets no deadline: the
+            # wait counts from the oldest request still waiting (with the current setting).
+            batch = [p for p in batch if not p.future.done()]
+            if not batch:
+                return []
+            remaining = batch[0].arrived + self.batch_wait_timeout_s - time.monotonic()
             if len(batch) >= self.max_batch_size or remaining <= 0:
                 break
             try:

@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from deployments.http.schema import Limits
-from jobs.stages import AudioStage, FusionStage, RowError, TextStage, decode_stage, error_fields
+from jobs.stages import AudioStage, FusionStage, RowError, TextStage, decode_stage, error_fields, merge_segments
 from jobs.tables import ShardWriter, features_schema, score_schema, to_table
 from model.audio_encoder import AudioEncoderFacts
 from model.bundle import Bundle
@@ -162,7 +162,7 @@ def run(mode: str, manifest: str | Path, bundle: str | Path, out: str | Path,
         # while reading and decoding files.
         decode_memory = resources.decode_batch * limits.max_audio_seconds * limits.max_sample_rate * 4 * 2
         ds = ds.map_batches(decode_stage, fn_kwargs={"sampling_rate": sampling_rate, "limits": limits.model_dump(),
-                                                          "min_seconds": min_seconds},
+                                                          "min_seconds": min_seconds, "segment": mode == "score"},
                             batch_size=resources.decode_batch, batch_format="pyarrow", num_cpus=decode_cpus,
                             memory=decode_memory)
         ds = ds.map_batches(**pool(TextStage, resources.text_gpus, resources.text_batch))
@@ -172,8 +172,14 @@ def run(mode: str, manifest: str | Path, bundle: str | Path, out: str | Path,
 
         bar = tqdm(total=len(todo), unit="row", desc=mode, disable=not progress, mininterval=1.0)
         last_log = time.monotonic()
+        pending: dict[str, list[dict]] = {}  # windows of long recordings whose other windows are yet to come
         for batch in ds.iter_batches(batch_size=shard_rows, batch_format="pyarrow"):
-            table = to_table(batch, schema)
+            records = batch.to_pylist()
+            if mode == "score":
+                records = merge_segments(records, pending, model.labels)
+                if not records:
+                    continue
+            table = to_table(records, schema)
             writer.write(table)
             processed += table.num_rows
             for code in table.column("error_code").drop_null().to_pylist():

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import torch
 
 from deployments.http.errors import status_for
 from deployments.http.parsing import check_input
@@ -26,6 +27,7 @@ from deployments.http.schema import Limits
 from model.audio import decode_audio
 from model.bundle import Bundle
 from model.data.feature_table import pack_features, unpack_features
+from model.segments import duration_weighted, split_on_silence
 
 
 class RowError(Exception):
@@ -54,18 +56,25 @@ def _table(rows: list[dict], drop: tuple[str, ...] = ()) -> pa.Table:
     return pa.Table.from_pylist([{k: v for k, v in row.items() if k not in drop} for row in rows])
 
 
-def decode_stage(batch: pa.Table, sampling_rate: int, limits: dict, min_seconds: float = 0.0) -> pa.Table:
+def decode_stage(batch: pa.Table, sampling_rate: int, limits: dict, min_seconds: float = 0.0,
+                 segment: bool = False) -> pa.Table:
     """CPU task: the HTTP request checks, then audio decoding, for every row of a batch.
 
     ``limits`` are the service's ``Limits`` (as a dict, for Ray); ``min_seconds`` the audio
-    encoder's receptive field, the same floor the driver applies.
+    encoder's receptive field, the same floor the driver applies. With ``segment`` (scoring),
+    a recording is checked against the long-recording limits, as ``/v1/predict`` does, and
+    one longer than ``segment_seconds`` leaves as one row per window (``model.segments``),
+    which ``merge_segments`` joins again after fusion.
     """
     service = Limits(**limits)
-    alimits = service.audio_limits(min_seconds=min_seconds)
+    alimits = service.long_audio_limits(min_seconds) if segment else service.audio_limits(min_seconds=min_seconds)
     rows = _rows(batch)
+    out = []
     for row in rows:
         row["wave"], row["wave_len"] = None, 0
         row["audio_size"] = row["audio_mtime_ns"] = row["audio_seconds"] = None
+        row["segment"] = row["segment_count"] = row["segment_start"] = row["segment_end"] = None
+        out.append(row)
         if row["error_code"] is not None:
             row["text"] = None
             continue
@@ -77,7 +86,7 @@ def decode_stage(batch: pa.Table, sampling_rate: int, limits: dict, min_seconds:
                     stat = Path(row["audio_path"]).stat()
                 except OSError as exc:
                     raise RowError("audio_unreadable", f"cannot read {row['audio_path']}: {exc.strerror}") from None
-            parsed = check_input(row["text"], audio, service)
+            parsed = check_input(row["text"], audio, service, long_audio=segment)
             row["text"] = parsed.text
             if parsed.audio is not None:
                 wave = decode_audio(parsed.audio, sampling_rate, alimits).numpy().astype(np.float32)
@@ -85,10 +94,58 @@ def decode_stage(batch: pa.Table, sampling_rate: int, limits: dict, min_seconds:
                 # Identify the file the features came from, so training can match them by content.
                 row["audio_size"], row["audio_mtime_ns"] = stat.st_size, stat.st_mtime_ns
                 row["audio_seconds"] = len(wave) / sampling_rate
+                windows = split_on_silence(torch.from_numpy(wave), sampling_rate, service.segment_seconds,
+                                           min_seconds=max(0.5, min_seconds)) if segment else []
+                if len(windows) > 1:
+                    out.pop()
+                    for k, window in enumerate(windows):
+                        clip = wave[window.start:window.end]
+                        start, end = window.seconds(sampling_rate)
+                        out.append({**row, "wave": clip.tobytes(), "wave_len": len(clip), "segment": k,
+                                    "segment_count": len(windows), "segment_start": start, "segment_end": end})
         except Exception as exc:  # every failure becomes this row's error
             row.update(error_fields(exc))
             row["text"] = None
-    return _table(rows)
+    return _table(out)
+
+
+def merge_segments(rows: list[dict], pending: dict[str, list[dict]], labels: list[str]) -> list[dict]:
+    """The fused rows with the windows of each long recording joined into one row, once all
+    of its windows have arrived (a recording's windows may come in different batches):
+    label, scores and sentiments are the windows' duration-weighted mean, as the API's, and
+    ``segments`` lists each window's prediction as JSON. A window's error is the row's."""
+    merged = []
+    for row in rows:
+        if row.get("segment") is None:
+            merged.append(row)
+            continue
+        windows = pending.setdefault(row["id"], [])
+        windows.append(row)
+        if len(windows) < row["segment_count"]:
+            continue
+        del pending[row["id"]]
+        windows.sort(key=lambda w: w["segment"])
+        first = {k: v for k, v in windows[0].items() if k not in ("segment", "segment_start", "segment_end")}
+        failed = next((w for w in windows if w["error_code"] is not None), None)
+        if failed is not None:
+            first.update({k: failed[k] for k in ("error_code", "error", "http_status")})
+            first.update(dict.fromkeys(FusionStage.OUTPUTS))
+            merged.append(first)
+            continue
+        durations = [w["segment_end"] - w["segment_start"] for w in windows]
+        fused = [{"scores": json.loads(w["scores"]), "sentiment": w["sentiment"]} for w in windows]
+        overall = duration_weighted(fused, durations, labels)
+        first.update(label=overall["label"], sentiment=overall["sentiment"], scores=json.dumps(overall["scores"]))
+        for name in ("text", "audio"):
+            if all(w[f"{name}_sentiment"] is not None for w in windows):
+                mean = sum(w[f"{name}_sentiment"] * d for w, d in zip(windows, durations)) / sum(durations)
+                first[f"{name}_sentiment"] = mean
+                first[f"{name}_label"] = None  # a mean of labels is not a label; the sentiment is
+        first["segments"] = json.dumps([
+            {"start": round(w["segment_start"], 3), "end": round(w["segment_end"], 3), "label": w["label"],
+             "scores": json.loads(w["scores"]), "sentiment": w["sentiment"]} for w in windows])
+        merged.append(first)
+    return merged
 
 
 class _Stage:

@@ -22,6 +22,8 @@ def score_schema(labels: list[str]) -> pa.Schema:
         ("text_label", pa.string()), ("text_sentiment", pa.float64()),
         ("audio_label", pa.string()), ("audio_sentiment", pa.float64()),
         ("modalities", pa.string()), ("text_truncated", pa.bool_()),
+        # A recording longer than segment_seconds: its windows' predictions, as the API's "segments" (JSON).
+        ("segments", pa.string()),
         ("error_code", pa.string()), ("error", pa.string()), ("http_status", pa.int32()),
     ])
 
@@ -42,9 +44,8 @@ def _value(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
-def to_table(batch: pa.Table, schema: pa.Schema) -> pa.Table:
-    """A pipeline batch as a table with the fixed output schema (so every shard agrees)."""
-    records = batch.to_pylist()
+def to_table(records: list[dict], schema: pa.Schema) -> pa.Table:
+    """A pipeline batch's rows as a table with the fixed output schema (so every shard agrees)."""
     columns = {}
     for field in schema:
         values = [_value(r.get(field.name)) for r in records]

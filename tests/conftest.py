@@ -24,6 +24,11 @@ __all__ = ["deploy", "free_port", "repo_pythonpath", "tone", "wait_healthy"]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# A stopping ingress replica stays reachable this long so that load balancers in front of
+# the replicas can deregister it (Ray's default: 30 s, ray/serve/_private/replica.py). Here
+# the balancer is Serve's own HAProxy, which drops it within a reload and retries refused
+# connections; at 30 s every deleted app or replaced Driver would cost half a minute.
+os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
@@ -122,4 +127,7 @@ def served_app(ray_cluster, tiny_bundle):
             "TextEncoder": {"user_config": {"max_batch_size": 16, "batch_wait_timeout_s": 0.05}},
         },
     }
-    return deploy(ray_cluster, args)
+    from ray import serve
+
+    yield deploy(ray_cluster, args)
+    serve.delete("sentiment")  # an idle app still costs CPU (health checks, metrics)

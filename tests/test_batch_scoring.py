@@ -50,7 +50,7 @@ def make_manifest(folder: Path) -> tuple[Path, dict]:
     audio.mkdir(parents=True)
     lines, kinds = [], {}
     rates = [16_000, 22_050, 8_000, 44_100]
-    for i in range(186):
+    for i in range(185):
         kind = ("text", "audio", "both")[i % 3]
         row = {"id": f"clip-{i:03d}", "split": "test", "label": "positive" if i % 2 else "negative",
                "score": round((i % 7) - 3.0, 1)}
@@ -69,7 +69,8 @@ def make_manifest(folder: Path) -> tuple[Path, dict]:
         lines.append(json.dumps({"id": id_, **fields}))
 
     (audio / "garbage.wav").write_bytes(b"RIFF\x00\x00\x00\x00not really a wav file at all" * 10)
-    write_audio(audio / "long.wav", 31.0, 8_000, 200)
+    write_audio(audio / "long.wav", 601.0, 8_000, 200)  # over max_long_audio_seconds
+    write_audio(audio / "recording.wav", 25.0, 16_000, 180)  # scored in windows
     write_audio(audio / "lowrate.wav", 0.5, 4_000, 200)
     write_audio(audio / "three.wav", 0.5, 16_000, 200, channels=3)
     (audio / "empty.wav").write_bytes(b"")
@@ -81,6 +82,7 @@ def make_manifest(folder: Path) -> tuple[Path, dict]:
     bad("bad-blank-text", "missing_input", text="   ")
     bad("bad-long-text", "text_too_long", text="word " * 401)
     bad("bad-long-audio", "audio_too_long", audio_path="clips/long.wav")
+    bad("long-recording", "segmented", text="a long call", audio_path="clips/recording.wav")
     bad("bad-low-rate", "audio_format_not_allowed", audio_path="clips/lowrate.wav")
     bad("bad-channels", "audio_format_not_allowed", text="three channels", audio_path="clips/three.wav")
     bad("bad-nan", "audio_non_finite", audio_path="clips/nan.wav")
@@ -148,11 +150,13 @@ def test_bad_rows_are_recorded_not_fatal(scored):
     manifest, kinds, out, first, second = scored
     rows = {r["id"]: r for r in read_shards(out).to_pylist()}
     for id_, kind in kinds.items():
-        if kind in ("text", "audio", "both"):
+        if kind in ("text", "audio", "both", "segmented"):
             row = rows[id_]
             assert row["error_code"] is None, row
             assert row["label"] in ("negative", "positive")
-            assert row["modalities"] == {"text": "text", "audio": "audio", "both": "text+audio"}[kind]
+            assert row["modalities"] == {"text": "text", "audio": "audio", "both": "text+audio",
+                                         "segmented": "text+audio"}[kind]
+            assert (row["segments"] is not None) == (kind == "segmented"), row
         else:
             assert rows[id_]["error_code"] == kind, rows[id_]
             assert rows[id_]["label"] is None
@@ -167,7 +171,7 @@ def test_same_answers_as_the_http_api(scored, served_app):
     with httpx.Client() as client, ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda r: http_answer(client, served_app, r), requests))
 
-    compared = errors = 0
+    compared = errors = segmented = 0
     worst = 0.0
     for row, (status, body) in zip(requests, answers):
         mine = batch[row["id"]]
@@ -189,9 +193,18 @@ def test_same_answers_as_the_http_api(scored, served_app):
             assert (mine[f"{name}_sentiment"] is None) == (branch is None)
             if branch is not None:
                 assert mine[f"{name}_sentiment"] == pytest.approx(branch["sentiment"], abs=1e-2)
+        # A long recording: the same windows, each with the same prediction, as the API's timeline.
+        assert (mine["segments"] is None) == ("segments" not in body), row["id"]
+        if mine["segments"] is not None:
+            windows = json.loads(mine["segments"])
+            assert len(windows) == len(body["segments"]) >= 3, (windows, body["segments"])
+            for window, segment in zip(windows, body["segments"]):
+                assert (window["start"], window["end"]) == (segment["start"], segment["end"])
+                assert window["sentiment"] == pytest.approx(segment["sentiment"], abs=1e-2)
+            segmented += 1
         compared += 1
     print(f"\nBATCH vs HTTP: {compared} predictions compared (max |dp| = {worst:.2e}), {errors} errors matched")
-    assert compared >= 180 and errors >= 8
+    assert compared >= 180 and errors >= 8 and segmented == 1
 
 
 @pytest.mark.slow

@@ -98,3 +98,24 @@ def test_a_handler_that_loses_items_is_an_error():
     assert all(isinstance(r, RuntimeError) and "1 results for 2 inputs" in str(r) for r in results)
     with pytest.raises(ValueError):
         SlowModel.double.batcher_of(SlowModel()).configure(max_batch_size=0, batch_wait_timeout_s=0)
+
+
+def test_a_cancelled_request_sets_no_deadline_for_the_others():
+    """The wait for company counts from the oldest request still waiting: one whose caller
+    left (cancelled) neither runs nor closes the window early for those behind it."""
+
+    async def main():
+        model = SlowModel(seconds=0.0)
+        SlowModel.double.batcher_of(model).configure(8, 0.5)
+        gone = asyncio.create_task(model.double(1))
+        await asyncio.sleep(0.05)
+        gone.cancel()
+        await asyncio.sleep(0.25)
+        started = time.perf_counter()
+        result = await model.double(2)
+        return model, result, time.perf_counter() - started
+
+    model, result, waited = asyncio.run(main())
+    assert result == 4 and model.batches == [[2]]
+    # Its own 0.5 s, not what was left of the cancelled one's (0.2 s).
+    assert waited >= 0.45, waited

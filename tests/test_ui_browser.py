@@ -100,10 +100,13 @@ BEFORE: dict[str, int] = {}
 
 
 @pytest.fixture(scope="module")
-def ui_url(ray_cluster, ui_bundle) -> str:
+def ui_url(ray_cluster, ui_bundle):
+    from ray import serve
+
     BEFORE.update(replica_log_lines(UI_APP, "Driver", "/gradio_api/queue/join"))
-    return deploy(ray_cluster, {"bundle": str(ui_bundle), "deployments": {"Driver": {"num_replicas": DRIVER_REPLICAS}}},
-                  name=UI_APP)
+    yield deploy(ray_cluster, {"bundle": str(ui_bundle), "deployments": {"Driver": {"num_replicas": DRIVER_REPLICAS}}},
+                 name=UI_APP)
+    serve.delete(UI_APP)
 
 
 @pytest.fixture(scope="module")
@@ -249,11 +252,29 @@ def test_too_long_audio_is_refused_with_the_limit_in_the_message(page, tmp_path)
     from model.audio import encode_wav
 
     path = tmp_path / "long.wav"
-    path.write_bytes(encode_wav(np.zeros(31 * 8_000, dtype="float32"), 8_000))  # 31 s > the 30 s limit
+    path.write_bytes(encode_wav(np.zeros(601 * 8_000, dtype="float32"), 8_000))  # 601 s > the 600 s limit
     upload_audio(page, path)
     page.locator("#predict-button").click()
     message = toast_text(page)
-    assert "30" in message and "Traceback" not in message, message
+    assert "600" in message and "Traceback" not in message, message
+
+
+def test_a_long_recording_is_drawn_as_a_timeline(page, labels, tmp_path, artifacts_dir):
+    from model.audio import encode_wav
+    from tests.test_serving import RATE, spoken
+
+    path = tmp_path / "call.wav"
+    path.write_bytes(encode_wav(spoken(35.0), RATE))
+    upload_audio(page, path)
+    page.locator("#predict-button").click()
+    assert shown_label(page) in labels
+    timeline = page.locator("#timeline")
+    timeline.wait_for(state="visible")
+    # Gradio draws the LinePlot with Vega: a canvas or an SVG inside the component.
+    timeline.locator("canvas, svg").first.wait_for(state="visible")
+    notes = page.locator("#notes").inner_text()
+    assert "time (s)" in notes and notes.count("0.0–") == 1, notes
+    save_screenshot(page, artifacts_dir / "ui-timeline.png", for_docs=False)
 
 
 def test_empty_submit_explains_what_is_missing(page):
