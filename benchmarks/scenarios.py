@@ -279,7 +279,11 @@ def long_recordings_scenario(setup, mode: dict, out: Path, device: str, path: Pa
                                                      client_timeout_s(config), "short beside 5-min recordings c=4")
         background.join()
         answered = [end - start for start, end, status, *_ in long_records if status == 200]
-        result["long"] = {"sent": len(long_records), "answered": len(answered), **summarize(answered)}
+        statuses: dict[str, int] = {}
+        for record in long_records:
+            statuses[str(record[2])] = statuses.get(str(record[2]), 0) + 1
+        result["long"] = {"sent": len(long_records), "answered": len(answered), "statuses": statuses,
+                          **summarize(answered)}
         for key in ("short_alone", "short_with_long"):
             level = result[key]
             log(f"long recordings: {key}: p50 {level['p50_ms']} ms p99 {level['p99_ms']} ms")

@@ -76,9 +76,14 @@ class StatusPoller:
     def stop(self) -> None:
         import ray
 
+        from ray.serve.context import _set_global_client
+
         self._stop.set()
         self._thread.join(timeout=10)
         ray.shutdown()
+        # Serve caches its client (a handle on this cluster's controller): the next
+        # scenario's cluster has another controller, which serve.status() must find.
+        _set_global_client(None)
 
     def mark(self, label: str) -> None:
         self.timeline.append({"t_s": round(time.perf_counter() - self._t0, 1), "phase": label})

@@ -186,7 +186,9 @@ class Driver:
 
         async def one(window: Window):
             async with gate:
-                clip = waveform[window.start:window.end]
+                # A copy, not a view: a view would carry the whole recording's storage to the
+                # encoder (over the 4 MiB a Serve replica's gRPC accepts: a long request failed).
+                clip = waveform[window.start:window.end].clone()
                 return await with_retries(lambda: self._attempt(text, clip, False, transcribe),
                                           self.settings.retries, request_id, log)
 
