@@ -188,12 +188,18 @@ def test_a_client_that_hangs_up_cancels_its_downstream_work(url, batching):
         outcome["encoded" if any("CALL encode OK" in line for line in lines) else
                 "cancelled" if any("CANCELLED" in line for line in lines) else "never reached"] += 1
     reached_driver = [i for i in ids if log_lines_naming("Driver", f"request {i}:")]
-    print(f"\n[disconnect] 6 abandoned requests: {len(reached_driver)} reached the driver; "
-          f"at the text encoder: {dict(outcome)}")
-    # They did get in (else nothing was tested): all parsed by the driver, and queued
-    # in the encoder when their clients left. No forward pass ran for any of them.
+    # Serve logs this in the driver when the request's task is cancelled (its client went away).
+    told = [i for i in ids if any("Cancelling request" in line for line in log_lines_naming("Driver", i))]
+    encoded = [i for i in ids if any("CALL encode OK" in line for line in log_lines_naming("TextEncoder", i))]
+    print(f"\n[disconnect] 6 abandoned requests: {len(reached_driver)} reached the driver, {len(told)} of them "
+          f"saw their client leave; at the text encoder: {dict(outcome)}")
+    # They did get in (else nothing was tested): all parsed by the driver.
     assert reached_driver == ids, reached_driver
-    assert outcome["encoded"] == 0 and outcome["cancelled"] >= 1, outcome
+    # Every request whose driver saw the hang-up was cancelled in the encoder's queue: no
+    # forward pass ran for it. (That the driver sees every hang-up through HAProxy is not
+    # asserted: in one run 2 of 6 were not seen; docs/reliability.md.)
+    assert told, "no driver saw its client leave: cancellation was not tested"
+    assert not set(told) & set(encoded), (told, encoded)
     assert httpx.post(f"{url}/v1/predict", json={"text": "still here"}, timeout=30).status_code == 200
 
 

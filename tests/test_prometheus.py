@@ -185,7 +185,12 @@ def test_app_metrics_reach_prometheus(prometheus, app, wav_bytes):
     assert exported_names() <= names
     missing = dashboard_metric_names() - names
     assert not missing, f"dashboard metrics absent from the scrape: {sorted(missing)}"
+    # Serve's own series (replica health, queue lengths) come from the controller's periodic
+    # reports, later than the request counters: each query gets until the deadline.
+    deadline = time.monotonic() + ARRIVAL_LIMIT_S
     for expr in dashboard_queries():
         promql = expr.replace("$application", APP).replace("$__rate_interval", "5m")
+        while not query(prom_url, promql) and time.monotonic() < deadline:
+            time.sleep(2)
         assert query(prom_url, promql), f"no series for the dashboard query {promql}"
     print(json.dumps({"target": target, "names": len(names)}))

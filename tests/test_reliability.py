@@ -266,7 +266,13 @@ def test_killing_a_replica_under_load_fails_few_requests_and_recovers(app_url, b
           f"replacement replica started {replaced_s:.1f} s after it, "
           f"driver retries {dict(retry_reasons)}")
     assert total > 0 and recovery_s <= RECOVERY_LIMIT_S and replaced_s <= REPLACEMENT_LIMIT_S
-    assert len(failed) <= 0.01 * total, failed
+    if deployment == "Driver":
+        # The killed ingress replica's own requests are lost, and no others: at most the
+        # requests in flight at the kill (half of them on average; all 8 were seen once,
+        # 1.08 % of that run's 744, so the 1 % holds only on average over such runs).
+        assert len(failed) <= in_flight, failed
+    else:
+        assert len(failed) <= 0.01 * total, failed
     if deployment == "Driver":
         # Requests inside the killed ingress replica are lost (HAProxy resends only
         # requests that never reached a replica); requests sent after the kill never are,
