@@ -112,6 +112,13 @@ class RayHead:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
         _, alive = psutil.wait_procs(tree, timeout=15)
+        # HAProxy started by a config reload (-sf) may sit outside that tree and outlive the
+        # head (it did after front-door runs); it names this head's temp dir in its command line.
+        marker = str(self.temp_dir)
+        for proc in psutil.process_iter(["cmdline"]):
+            with contextlib.suppress(psutil.Error):
+                if proc.pid != os.getpid() and any(marker in arg for arg in proc.info["cmdline"] or ()):
+                    alive.append(proc)
         killed = []
         for proc in alive:
             with contextlib.suppress(psutil.Error):
