@@ -99,6 +99,33 @@ def _request_id() -> str:
     return _get_serve_request_context().request_id
 
 
+def current_context():
+    """This request's trace context, for work that runs later in another task (a Gradio
+    event: ``continued``); None when tracing is off."""
+    if not enabled():
+        return None
+    from opentelemetry import context
+
+    return context.get_current()
+
+
+@contextlib.contextmanager
+def continued(parent, name: str, request_id: str):
+    """A span ``name`` under ``parent`` (from ``current_context``), current inside the block,
+    so that the handle calls made inside join the trace of the request that asked for them."""
+    if parent is None or not enabled():
+        yield None
+        return
+    from opentelemetry import context
+
+    token = context.attach(parent)
+    try:
+        with _tracer().start_as_current_span(name, attributes={"request_id": request_id}) as s:
+            yield s
+    finally:
+        context.detach(token)
+
+
 @contextlib.contextmanager
 def span(name: str, attributes: dict | None = None):
     """A child of the current span, with the request id, current inside the block."""

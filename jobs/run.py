@@ -1,7 +1,7 @@
 """The jobs' driver side: read the manifest, build the Ray Data pipeline, write and resume the shards.
 
-The pipeline: read the manifest on the driver -> decode audio in CPU tasks -> TextEncoder,
-AudioEncoder and (for ``score``) FusionHead as ``map_batches`` actor pools, on GPUs when the
+The pipeline: read the manifest on the driver -> decode audio in CPU tasks -> AudioEncoder,
+TextEncoder and (for ``score``) FusionHead as ``map_batches`` actor pools, on GPUs when the
 cluster has them (``jobs.stages``) -> Parquet shards written by the driver (``jobs.tables``).
 A rerun with the same ``out`` skips every id already in a complete shard.
 """
@@ -150,8 +150,8 @@ def run(mode: str, manifest: str | Path, bundle: str | Path, out: str | Path,
                     "GPU" if gpu else "CPU", actor_cpus, resources.max_actors, decode_cpus)
         DataContext.get_current().enable_progress_bars = False  # ours below is per row, not per operator
 
-        def pool(cls, gpus, batch_size, **extra):
-            return dict(fn=cls, fn_constructor_args=(bundle_path,), batch_size=batch_size, batch_format="pyarrow",
+        def pool(cls, gpus, batch_size, *args, **extra):
+            return dict(fn=cls, fn_constructor_args=(bundle_path, *args), batch_size=batch_size, batch_format="pyarrow",
                         compute=ActorPoolStrategy(min_size=1, max_size=resources.max_actors),
                         num_cpus=actor_cpus, num_gpus=gpus if gpu else 0, **extra)
 
@@ -165,8 +165,9 @@ def run(mode: str, manifest: str | Path, bundle: str | Path, out: str | Path,
                                                           "min_seconds": min_seconds, "segment": mode == "score"},
                             batch_size=resources.decode_batch, batch_format="pyarrow", num_cpus=decode_cpus,
                             memory=decode_memory)
+        # Audio first: in scoring, a row with speech and no text is encoded with its transcript.
+        ds = ds.map_batches(**pool(AudioStage, resources.audio_gpus, resources.audio_batch, mode == "score"))
         ds = ds.map_batches(**pool(TextStage, resources.text_gpus, resources.text_batch))
-        ds = ds.map_batches(**pool(AudioStage, resources.audio_gpus, resources.audio_batch))
         if mode == "score":
             ds = ds.map_batches(**pool(FusionStage, resources.fusion_gpus, resources.fusion_batch))
 

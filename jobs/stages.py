@@ -141,9 +141,17 @@ def merge_segments(rows: list[dict], pending: dict[str, list[dict]], labels: lis
                 mean = sum(w[f"{name}_sentiment"] * d for w, d in zip(windows, durations)) / sum(durations)
                 first[f"{name}_sentiment"] = mean
                 first[f"{name}_label"] = None  # a mean of labels is not a label; the sentiment is
-        first["segments"] = json.dumps([
-            {"start": round(w["segment_start"], 3), "end": round(w["segment_end"], 3), "label": w["label"],
-             "scores": json.loads(w["scores"]), "sentiment": w["sentiment"]} for w in windows])
+        segments = []
+        for w in windows:
+            segment = {"start": round(w["segment_start"], 3), "end": round(w["segment_end"], 3), "label": w["label"],
+                       "scores": json.loads(w["scores"]), "sentiment": w["sentiment"]}
+            if w["transcript"] is not None:
+                segment["transcript"] = w["transcript"]
+            segments.append(segment)
+        first["segments"] = json.dumps(segments)
+        # The whole recording's transcript, as the API joins it.
+        heard = [w["transcript"] for w in windows if w["transcript"] is not None]
+        first["transcript"] = " ".join(t for t in heard if t) if heard else None
         merged.append(first)
     return merged
 
@@ -188,37 +196,43 @@ class TextStage(_Stage):
             row["text_features"], row["text_frames"], row["text_truncated"] = None, 0, False
 
         def compute(todo):
-            texts = [row["text"] for row in todo]
+            texts = [row["text"] if row["text"] is not None else row["transcript"] for row in todo]
             tokenized = self.encoder.tokenize_each(texts)
             for row, features, truncated in zip(todo, self.encoder.encode_each(texts, tokenized), tokenized.truncated):
                 row["text_features"] = pack_features(features)
                 row["text_frames"] = int(features.shape[0])
                 row["text_truncated"] = truncated
 
-        self._run([r for r in rows if r["error_code"] is None and r["text"] is not None], compute)
+        # Speech without text reads its transcript, as the driver does; nothing heard: no text branch.
+        self._run([r for r in rows if r["error_code"] is None and (r["text"] is not None or r["transcript"])], compute)
         return _table(rows)
 
 
 class AudioStage(_Stage):
-    def __init__(self, bundle_path: str):
+    """Audio features and, with ``transcribe`` on a bundle that can, the transcript of each
+    row that has speech but no text (the same forward pass, as in the AudioEncoder
+    deployment): TextStage then encodes it, so such a row is answered as the API answers it."""
+
+    def __init__(self, bundle_path: str, transcribe: bool = False):
         super().__init__(bundle_path)
         from model.audio_encoder import AudioEncoder
 
-        self.encoder = AudioEncoder(self.bundle.resolve(self.bundle.audio_encoder), self.device)
+        self.encoder = AudioEncoder(self.bundle.resolve(self.bundle.audio_encoder), self.device,
+                                    transcribe=transcribe and self.bundle.transcribe)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import torch
 
         rows = _rows(batch)
         for row in rows:
-            row["audio_features"], row["audio_frames"] = None, 0
+            row["audio_features"], row["audio_frames"], row["transcript"] = None, 0, None
 
         def compute(todo):
             waves = [torch.from_numpy(np.frombuffer(row["wave"], dtype=np.float32).copy()) for row in todo]
             # The same length buckets as the AudioEncoder deployment: little padding per forward pass.
-            for row, features in zip(todo, self.encoder.encode_each(waves)):
-                row["audio_features"] = pack_features(features)
-                row["audio_frames"] = int(features.shape[0])
+            features, heard = self.encoder.encode_each_with_transcripts(waves, [row["text"] is None for row in todo])
+            for row, f, transcript in zip(todo, features, heard):
+                row["audio_features"], row["audio_frames"], row["transcript"] = pack_features(f), int(f.shape[0]), transcript
 
         self._run([r for r in rows if r["error_code"] is None and r["wave"] is not None], compute)
         return _table(rows, drop=("wave", "wave_len"))

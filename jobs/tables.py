@@ -22,6 +22,9 @@ def score_schema(labels: list[str]) -> pa.Schema:
         ("text_label", pa.string()), ("text_sentiment", pa.float64()),
         ("audio_label", pa.string()), ("audio_sentiment", pa.float64()),
         ("modalities", pa.string()), ("text_truncated", pa.bool_()),
+        # What the audio encoder heard, for a row with speech and no text on a bundle that transcribes
+        # (its text branch read this), as the API's "transcript".
+        ("transcript", pa.string()),
         # A recording longer than segment_seconds: its windows' predictions, as the API's "segments" (JSON).
         ("segments", pa.string()),
         ("error_code", pa.string()), ("error", pa.string()), ("http_status", pa.int32()),

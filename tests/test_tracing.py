@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import gzip
+import re
 import threading
 import time
 from collections import defaultdict
@@ -104,7 +105,7 @@ def traced_app(ray_cluster, tiny_bundle, collector):
     options = {name: {"ray_actor_options": actor} for name in ("Driver", *MODEL_DEPLOYMENTS)}
     # A batch window, so that concurrent texts share one forward pass.
     options["TextEncoder"]["user_config"] = {"max_batch_size": 16, "batch_wait_timeout_s": 0.3}
-    url = deploy(ray_cluster, {"bundle": str(tiny_bundle), "settings": {"ui": False}, "deployments": options},
+    url = deploy(ray_cluster, {"bundle": str(tiny_bundle), "settings": {"ui": True}, "deployments": options},
                  name=APP, route_prefix=PREFIX)
     yield url
     serve.delete(APP)
@@ -184,6 +185,42 @@ def test_a_shared_batch_keeps_every_request_in_its_own_trace(traced_app, collect
     sizes = [s["attributes"]["batch_size"] for r in rids for s in collector.of_request(r) if s["name"] == "TextEncoder.forward"]
     print("TextEncoder batch sizes seen by the traced requests:", sizes)
     assert max(sizes) >= 2, sizes  # at least two of them rode one forward pass, each with its own span
+
+
+@pytest.mark.slow
+def test_a_ui_event_is_one_trace_with_the_request_that_submitted_it(traced_app, collector, tmp_path, wav_bytes):
+    """Gradio runs an event in its queue's task, outside the HTTP request that submitted it;
+    the event still continues that request's trace, under its request id."""
+    from gradio_client import Client, handle_file
+
+    wav = tmp_path / "speech.wav"
+    wav.write_bytes(wav_bytes)
+    notes = Client(traced_app + "/", verbose=False).predict("a fine film", handle_file(str(wav)),
+                                                            api_name="/predict")[-1]
+    [rid] = re.findall(r"Request `([^`]+)`", notes)
+    wanted = {"ui.predict", "decode_audio", *(f"{d}.forward" for d in MODEL_DEPLOYMENTS)}
+    wait_for(lambda: wanted <= {s["name"] for s in collector.of_request(rid)}, "spans of the UI event")
+    time.sleep(2)  # the replicas' last export of this event
+    trace_ids = {s["trace_id"] for s in collector.of_request(rid)}
+    assert len(trace_ids) == 1, "the event's spans are split over several traces"
+    spans = collector.of_trace(trace_ids.pop())
+    by_id = {s["span_id"]: s for s in spans}
+    for s in spans:
+        print(f'{s["name"]:<45} parent={by_id.get(s["parent"], {}).get("name", "-")} {s["attributes"].get("request_id")}')
+    assert all(s["attributes"].get("request_id") == rid for s in spans), [s["name"] for s in spans]
+    assert len([s for s in spans if not s["parent"]]) == 1
+    assert all(s["parent"] in by_id for s in spans if s["parent"]), "a span's parent is outside the trace"
+    [event] = [s for s in spans if s["name"] == "ui.predict"]
+    # The event hangs under the edge span of the request that submitted it (queue/join) ...
+    assert by_id[event["parent"]]["name"] == "edge"
+    # ... and the model calls hang under the event.
+    for deployment in MODEL_DEPLOYMENTS:
+        [forward] = [s for s in spans if s["name"] == f"{deployment}.forward"]
+        parent, ancestry = forward, []
+        while parent["parent"]:
+            parent = by_id[parent["parent"]]
+            ancestry.append(parent["name"])
+        assert "ui.predict" in ancestry, (deployment, ancestry)
 
 
 def test_tracing_is_off_unless_an_endpoint_is_named():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+from pathlib import Path
 
 import httpx
 import pytest
@@ -249,25 +250,27 @@ def _bundle(root, audio_encoder, name: str):
 
 
 @pytest.fixture(scope="module")
-def ctc_app(ray_cluster, tmp_path_factory, ctc_checkpoint):
-    from ray import serve
-
+def ctc_bundle(tmp_path_factory, ctc_checkpoint):
     root = tmp_path_factory.mktemp("ctc-bundle") / "bundle"
     _bundle(root, ctc_checkpoint, "tiny-ctc")
-    url = deploy(ray_cluster, {"bundle": str(root)}, name="transcript-ctc", route_prefix="/transcript-ctc")
+    return root
+
+
+@pytest.fixture(scope="module")
+def ctc_app(ray_cluster, ctc_bundle):
+    from ray import serve
+
+    url = deploy(ray_cluster, {"bundle": str(ctc_bundle)}, name="transcript-ctc", route_prefix="/transcript-ctc")
     with httpx.Client(base_url=url, timeout=60) as client:
         yield client
     serve.delete("transcript-ctc")
 
 
 @pytest.fixture(scope="module")
-def tiny_app(ray_cluster, tiny_bundle):
-    from ray import serve
-
-    url = deploy(ray_cluster, {"bundle": str(tiny_bundle)}, name="transcript-tiny", route_prefix="/transcript-tiny")
-    with httpx.Client(base_url=url, timeout=60) as client:
+def tiny_app(served_app):
+    """The tiny bundle (no CTC head), as conftest serves it."""
+    with httpx.Client(base_url=served_app, timeout=60) as client:
         yield client
-    serve.delete("transcript-tiny")
 
 
 def _wav(clip: torch.Tensor) -> bytes:
@@ -327,3 +330,35 @@ def test_served_checkpoint_without_ctc_head_says_so(tiny_app, clips):
     assert body["transcript"] is None and set(body["modalities"]) == {"fused", "audio"}
     assert any("No transcript was available" in w and CANNOT in w for w in body["warnings"])
     assert CANNOT in tiny_app.get("/config").text  # the UI says it in words, under the inputs
+
+
+def test_the_scoring_job_reads_speech_without_text_as_the_api_does(ctc_bundle, ctc_app, clips, tmp_path):
+    """The Ray Data job transcribes a row with speech and no text, and its text branch reads
+    the transcript: the same answer as /v1/predict for the same file."""
+    from jobs.run import BatchResources, run
+    from jobs.tables import read_shards
+
+    rows = []
+    for k, (word, clip) in enumerate(zip(WORDS, clips)):
+        path = tmp_path / f"clip-{k}.wav"
+        path.write_bytes(_wav(clip))
+        rows.append({"id": f"heard-{k}", "audio_path": str(path)})
+    rows.append({"id": "typed", "text": "bad", "audio_path": rows[0]["audio_path"]})
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    resources = BatchResources(gpu=False, decode_cpus=0.2, actor_cpus=0.2, max_actors=1)
+    run("score", manifest, ctc_bundle, tmp_path / "out", resources=resources, progress=False)
+    scored = {r["id"]: r for r in read_shards(tmp_path / "out").to_pylist()}
+    for row in rows:
+        job = scored[row["id"]]
+        body = {"audio": base64.b64encode(Path(row["audio_path"]).read_bytes()).decode()}
+        if "text" in row:
+            body["text"] = row["text"]
+        api = ctc_app.post("/v1/predict", json=body).json()
+        assert job["error_code"] is None, job
+        assert job["transcript"] == api["transcript"], (job["transcript"], api["transcript"])
+        assert job["modalities"] == "text+audio" and job["label"] == api["label"]
+        assert job["sentiment"] == pytest.approx(api["sentiment"], abs=1e-3)
+        assert job["text_sentiment"] == pytest.approx(api["modalities"]["text"]["sentiment"], abs=1e-3)
+    assert [scored[f"heard-{k}"]["transcript"] for k in range(len(WORDS))] == WORDS
+    assert scored["typed"]["transcript"] is None  # the row's own text wins

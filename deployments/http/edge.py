@@ -104,6 +104,8 @@ class EdgeMiddleware:
     async def _handle(self, scope, receive, send):
         request = Request(scope)
         request.state.request_id = request_id = request_id_for(request)
+        # Kept for a Gradio event, which runs later in the queue's task (deployments/ui/event_scope.py).
+        request.state.trace_context = tracing.current_context()
         # scope["app"] (not the driver module's ``app``): Serve serves a pickled copy of
         # the app, and a module global may belong to another copy. Outside the Gradio
         # mount, scope["app"] is the served app whose state the driver's __init__ filled.

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import uuid
 from pathlib import Path
 
 import gradio as gr
@@ -23,6 +22,7 @@ import gradio as gr
 from deployments.http.errors import PayloadTooLarge, status_for
 from deployments.http.parsing import PredictInput, check_input
 from deployments.ui.bundle_card import load_examples, model_card
+from deployments.ui.event_scope import event_scope
 from deployments.ui.file_scoring import (AudioArchive, BatchError, BatchLimits, columns, read_manifest, run_batch,
                                          write_csv)
 from deployments.ui.plots import attention_image, modality_panel, segment_table, sentiment_gauge, timeline_frame
@@ -69,8 +69,11 @@ def build_ui(driver) -> gr.Blocks:
     examples = load_examples(bundle, limits.max_audio_bytes)
     batch_limits = BatchLimits.for_body_limit(limits.max_body_bytes)
 
-    async def predict(text: str | None, audio_path: str | None):
-        request_id = f"ui-{uuid.uuid4().hex[:12]}"
+    async def predict(text: str | None, audio_path: str | None, request: gr.Request):
+        with event_scope(request, "ui.predict") as request_id:
+            return await _predict(text, audio_path, request_id)
+
+    async def _predict(text: str | None, audio_path: str | None, request_id: str):
         try:
             audio = None
             if audio_path:
@@ -105,7 +108,11 @@ def build_ui(driver) -> gr.Blocks:
             "  \n".join(notes),
         )
 
-    async def batch(manifest_path: str | None, zip_path: str | None, progress=gr.Progress()):
+    async def batch(manifest_path: str | None, zip_path: str | None, request: gr.Request, progress=gr.Progress()):
+        with event_scope(request, "ui.batch"):
+            return await _batch(manifest_path, zip_path, progress)
+
+    async def _batch(manifest_path: str | None, zip_path: str | None, progress: gr.Progress):
         if not manifest_path:
             raise gr.Error("Upload a manifest first (CSV or JSONL).", title="Nothing to run", print_exception=False)
         archive = None
