@@ -45,6 +45,10 @@ SERVE_ENV = {
     "RAY_SERVE_HAPROXY_BALANCE_ALGORITHM": f"hash req.cook({AFFINITY_COOKIE})",
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1",
+    # HAProxy marks a replica DOWN at its first refused connection (Ray's default: 3). Until then
+    # the cookie hash keeps choosing a dead replica, and each retry of a refused connection waits
+    # HAProxy's turn-around, min(timeout connect, 1 s), while at most one other server is up.
+    "RAY_SERVE_HAPROXY_OBSERVE_ERROR_LIMIT": "1",
 }
 
 

@@ -33,12 +33,44 @@ os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
+def _uses_served_app(item) -> bool:
+    return "served_app" in getattr(item, "fixturenames", ())
+
+
 def pytest_collection_modifyitems(items):
     """Every test that needs the Ray cluster is slow, marked or not: ``make test-fast``
-    (``-m "not slow"``) can never start one by accident."""
+    (``-m "not slow"``) can never start one by accident.
+
+    The modules that use ``served_app`` run one after another, where the first of them
+    stands: the app is deployed once for all of them and deleted after the last
+    (``pytest_runtest_teardown``), not kept idle beside the other modules' apps."""
     for item in items:
         if "ray_cluster" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+    first_of_module = {}
+    for index, item in enumerate(items):
+        first_of_module.setdefault(item.module.__name__, index)
+    sharing = [first_of_module[item.module.__name__] for item in items if _uses_served_app(item)]
+    block = min(sharing, default=0)
+
+    def place(item):
+        own = first_of_module[item.module.__name__]
+        return (block if own in sharing else own, own)
+
+    items.sort(key=place)
+
+
+def pytest_runtest_teardown(item, nextitem):
+    if _uses_served_app(item) and not any(_uses_served_app(later) for later in _items_after(item)):
+        _SHARED.pop("served_app", lambda: None)()
+
+
+def _items_after(item):
+    items = item.session.items
+    return items[items.index(item) + 1:]
+
+
+_SHARED: dict = {}  # name -> the finalizer of a fixture shared across modules
 
 
 @pytest.fixture(scope="session")
@@ -118,9 +150,12 @@ def deploy(url: str, args: dict, name: str = "sentiment", route_prefix: str = "/
     return app_url
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def served_app(ray_cluster, tiny_bundle):
-    """The app serving the tiny bundle at ``/``; batch windows widened so batching is observable."""
+    """The app serving the tiny bundle at ``/``; batch windows widened so batching is observable.
+
+    Shared by the modules that leave it as they found it; deleted after the last test that
+    uses it (an idle app still costs CPU: health checks, metrics)."""
     args = {
         "bundle": str(tiny_bundle),
         "deployments": {
@@ -129,5 +164,7 @@ def served_app(ray_cluster, tiny_bundle):
     }
     from ray import serve
 
-    yield deploy(ray_cluster, args)
-    serve.delete("sentiment")  # an idle app still costs CPU (health checks, metrics)
+    url = deploy(ray_cluster, args)
+    _SHARED["served_app"] = lambda: serve.delete("sentiment")
+    yield url
+    _SHARED.pop("served_app", lambda: None)()

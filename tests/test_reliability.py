@@ -285,9 +285,9 @@ def test_killing_a_replica_under_load_fails_few_requests_and_recovers(app_url, b
                         if end > gap_start - 0.5 and start < gap_start + gap + 0.5)
         print(f"[kill Driver] longest time without a 200: {gap:.2f} s, from {gap_start - killed_at:.2f} s "
               f"after the kill; requests around it (start, end, status): {around}")
-        # The issue asks for at most 1 s. Measured on the 2-core machine: 0.42, 0.43, 1.00, 1.50 and 2.21 s;
-        # the cause of the long ones is not found (issue #12 stays open on it). 3 s still fails a real outage.
-        assert gap <= 3.0, gap
+        # At most 1 s. With HAProxy marking a replica down only at its third refused connection (Ray's
+        # default) this was 1.50 to 2.37 s: each retry waited HAProxy's 1 s turn-around (docs/reliability.md).
+        assert gap <= 1.0, gap
     if deployment == "TextEncoder":
         # Its 0.2 s batch window always holds requests when the kill lands: those
         # must have been answered anyway (resent by Serve's router or by the
