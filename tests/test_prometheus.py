@@ -32,7 +32,7 @@ pytestmark = pytest.mark.slow
 APP, PREFIX = "prom", "/prom"
 CONFIG = Path(__file__).resolve().parent.parent / "cluster" / "prometheus.yml"
 PROMETHEUS = shutil.which("prometheus")
-# Ray reports every 2 s here and Prometheus scrapes every second: a count should arrive
+# Ray reports every 2 s here and Prometheus scrapes every 5 s: a count should arrive
 # within seconds; the bound leaves room for a loaded machine.
 ARRIVAL_LIMIT_S = 90.0
 BODY_CAP = 200_000
@@ -46,8 +46,11 @@ def prometheus(ray_cluster, tmp_path_factory):
         pytest.fail("prometheus is not installed: run `make install` (scripts/system-deps.sh)")
     [node] = [n for n in ray.nodes() if n["Alive"]]
     target = f"{node['NodeManagerAddress']}:{node['MetricsExportPort']}"
+    # The shipped config as it is, but for its target. It once ran at a 1 s interval, which caps
+    # each scrape at 1 s (Prometheus's timeout is at most its interval); in one full-suite run no
+    # metric arrived in 90 s, and Ray's metrics page grows with every app the suite deployed.
+    # The failure message below shows the scrape's health and duration.
     config = yaml.safe_load(CONFIG.read_text())
-    config["global"]["scrape_interval"] = config["global"]["evaluation_interval"] = "1s"
     [job] = config["scrape_configs"]
     job["static_configs"] = [{"targets": [target]}]
     workdir = tmp_path_factory.mktemp("prometheus")
@@ -167,7 +170,8 @@ def test_app_metrics_reach_prometheus(prometheus, app, wav_bytes):
         print(f"{seen.get(promql)!s:>6}  {promql}")
     wrong = {q: (seen.get(q), want) for q, want in expected.items()
              if seen.get(q) is None or abs(seen[q] - want) >= 0.01}
-    assert not wrong, f"(seen, expected) after {ARRIVAL_LIMIT_S:.0f} s: {wrong}"
+    scrape = {q: value(prom_url, f'{q}{{instance="{target}"}}') for q in ("up", "scrape_duration_seconds")}
+    assert not wrong, f"(seen, expected) after {ARRIVAL_LIMIT_S:.0f} s: {wrong}; the target's {scrape}"
 
     [up] = query(prom_url, f'up{{instance="{target}"}}')
     assert up["value"][1] == "1"
