@@ -26,7 +26,7 @@ from deployments.retries import RetryLog, check_output, with_retries
 from model.audio import decode_audio
 from model.audio_encoder import AudioEncoderFacts
 from model.bundle import Bundle
-from model.segments import Window, duration_weighted, split_on_silence
+from model.segments import Window, duration_weighted, joined_transcript, segment_entry, split_on_silence
 
 logger = logging.getLogger("ray.serve")
 
@@ -206,16 +206,9 @@ class Driver:
         for branch in ("text", "audio"):
             if all(branch in result["modalities"] for result in fused):
                 modalities[branch] = duration_weighted([r["modalities"][branch] for r in fused], durations, labels)
-        segments = []
-        for window, (result, _, heard) in zip(windows, outcomes):
-            start, end = window.seconds(self.sampling_rate)
-            segment = {"start": round(start, 3), "end": round(end, 3), "label": result["label"],
-                       "scores": result["scores"], "sentiment": result["sentiment"]}
-            if heard is not None:
-                segment["transcript"] = heard
-            segments.append(segment)
-        heard = [transcript for _, _, transcript in outcomes if transcript is not None]
-        transcript = " ".join(t for t in heard if t) if heard else None
+        segments = [segment_entry(*window.seconds(self.sampling_rate), result, heard)
+                    for window, (result, _, heard) in zip(windows, outcomes)]
+        transcript = joined_transcript([heard for _, _, heard in outcomes])
         result = {**overall, "modalities": modalities, "segments": segments, "aggregation": "duration_weighted_mean"}
         return result, outcomes[0][1], transcript
 

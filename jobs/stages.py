@@ -27,7 +27,7 @@ from deployments.http.schema import Limits
 from model.audio import decode_audio
 from model.bundle import Bundle
 from model.data.feature_table import pack_features, unpack_features
-from model.segments import duration_weighted, split_on_silence
+from model.segments import duration_weighted, joined_transcript, segment_entry, split_on_silence
 
 
 class RowError(Exception):
@@ -133,7 +133,7 @@ def merge_segments(rows: list[dict], pending: dict[str, list[dict]], labels: lis
             merged.append(first)
             continue
         durations = [w["segment_end"] - w["segment_start"] for w in windows]
-        fused = [{"scores": json.loads(w["scores"]), "sentiment": w["sentiment"]} for w in windows]
+        fused = [{"label": w["label"], "scores": json.loads(w["scores"]), "sentiment": w["sentiment"]} for w in windows]
         overall = duration_weighted(fused, durations, labels)
         first.update(label=overall["label"], sentiment=overall["sentiment"], scores=json.dumps(overall["scores"]))
         for name in ("text", "audio"):
@@ -141,17 +141,9 @@ def merge_segments(rows: list[dict], pending: dict[str, list[dict]], labels: lis
                 mean = sum(w[f"{name}_sentiment"] * d for w, d in zip(windows, durations)) / sum(durations)
                 first[f"{name}_sentiment"] = mean
                 first[f"{name}_label"] = None  # a mean of labels is not a label; the sentiment is
-        segments = []
-        for w in windows:
-            segment = {"start": round(w["segment_start"], 3), "end": round(w["segment_end"], 3), "label": w["label"],
-                       "scores": json.loads(w["scores"]), "sentiment": w["sentiment"]}
-            if w["transcript"] is not None:
-                segment["transcript"] = w["transcript"]
-            segments.append(segment)
-        first["segments"] = json.dumps(segments)
-        # The whole recording's transcript, as the API joins it.
-        heard = [w["transcript"] for w in windows if w["transcript"] is not None]
-        first["transcript"] = " ".join(t for t in heard if t) if heard else None
+        first["segments"] = json.dumps([segment_entry(w["segment_start"], w["segment_end"], p, w["transcript"])
+                                        for w, p in zip(windows, fused)])
+        first["transcript"] = joined_transcript([w["transcript"] for w in windows])
         merged.append(first)
     return merged
 

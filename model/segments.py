@@ -58,3 +58,20 @@ def duration_weighted(predictions: list[dict], durations: list[float], labels: l
     scores = {label: sum(p["scores"][label] * d for p, d in zip(predictions, durations)) / total for label in labels}
     sentiment = sum(p["sentiment"] * d for p, d in zip(predictions, durations)) / total
     return {"label": max(scores, key=scores.get), "scores": scores, "sentiment": sentiment}
+
+
+def segment_entry(start: float, end: float, prediction: dict, transcript: str | None = None) -> dict:
+    """One window of a recording answered in segments, as the API's ``segments`` list and the
+    scoring job's ``segments`` column hold it: times in seconds, its prediction and, when the
+    encoder transcribed it, what it heard."""
+    entry = {"start": round(start, 3), "end": round(end, 3), "label": prediction["label"],
+             "scores": prediction["scores"], "sentiment": prediction["sentiment"]}
+    if transcript is not None:
+        entry["transcript"] = transcript
+    return entry
+
+
+def joined_transcript(transcripts: list[str | None]) -> str | None:
+    """The whole recording's transcript: the windows' in order (None when none transcribed)."""
+    heard = [t for t in transcripts if t is not None]
+    return " ".join(t for t in heard if t) if heard else None
