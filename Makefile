@@ -53,8 +53,11 @@ run: install $(BUNDLE)/bundle.json
 quick-demo: install
 	$(BIN)/python -m model.demo.quick
 
+# Two phases (tests/conftest.py): everything else on two workers, then the destructive
+# tests alone, since they time recovery to the second.
 test: install quick-demo
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra -n 2 --dist loadgroup -m "not destructive"
+	$(BIN)/python -m pytest -q -ra -m destructive
 
 test-fast: install
 	$(BIN)/python -m pytest -q -ra -m "not slow"

@@ -33,8 +33,43 @@ os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
+# Phases and workers. ``make test`` runs in two phases:
+#   1. everything but the destructive tests, on two pytest-xdist workers (``-n 2 --dist
+#      loadgroup``), each starting its own Ray cluster when a test first needs one;
+#   2. the destructive tests (kills and bursts, timed to the second) alone.
+# In phase 1 all of a group's tests run on one worker, in order, and a module in no group
+# is a group of its own (``pytest_xdist_make_scheduler``). The two groups are balanced by
+# their modules' measured times (docs/operations.md, "Test suite").
+WORKER_GROUPS = {
+    # One cluster, and the shared tiny-bundle app (``served_app``) with the apps beside it.
+    "shared-app": ("test_batch_scoring", "test_serving", "test_transcript", "test_ui_browser", "test_tracing",
+                   "test_oip", "test_fuzz", "test_security"),
+    # Tests that start clusters of their own (make run, the load test, two nodes), and
+    # the modules that change their app's replicas.
+    "own-clusters": ("test_front_door", "test_loadtest", "test_multinode", "test_operations", "test_prometheus"),
+}
+_GROUP_OF = {module: group for group, modules in WORKER_GROUPS.items() for module in modules}
+
+
 def _uses_served_app(item) -> bool:
     return "served_app" in getattr(item, "fixturenames", ())
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadgroup`` by ``WORKER_GROUPS``. xdist's own loadgroup reads ``xdist_group``
+    marks by appending the group to ``item._nodeid`` (xdist 3.8, remote.py), which pytest 9.2
+    no longer reads (``Node.nodeid`` is ``str(self._id)``): every test became a group of its own
+    and modules were split across the workers. Its scope scheduler takes a scope function."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByWorkerGroup(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return _GROUP_OF.get(Path(module).stem, module)
+
+    return ByWorkerGroup(config, log)
 
 
 def pytest_collection_modifyitems(items):

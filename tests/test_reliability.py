@@ -22,7 +22,8 @@ import pytest
 from deployments.replica import FAULT_INJECTION_ENV
 from tests.conftest import deploy, tone
 
-pytestmark = pytest.mark.slow
+# Kills and bursts, timed to the second: nothing else may load the machine meanwhile.
+pytestmark = [pytest.mark.slow, pytest.mark.destructive]
 
 APP, PREFIX = "reliability", "/rel"
 CONCURRENCY = 8
@@ -32,6 +33,10 @@ RECOVERY_LIMIT_S = 30.0
 # idle 2-core machine, but 33 s was seen with other test suites loading it (load
 # average > 20). The replacement is bounded more loosely than service recovery.
 REPLACEMENT_LIMIT_S = 60.0
+# A model replica's kill is watched for at least this long, and for this long after its
+# replacement has started (the Driver's kill, for the fixed window of the 1 %).
+MODEL_KILL_WINDOW_S = 12.0
+REPLACED_SERVES_S = 3.0
 
 
 def _options(num_cpus: float = 0.1, env: dict | None = None, **extra) -> dict:
@@ -49,7 +54,10 @@ APP_ARGS = {
     # The UI on, as in serve_config.yaml: killing a Driver replica must not take it down.
     "settings": {"ui": True, "request_timeout_s": REQUEST_TIMEOUT_S, "retries": 2},
     "deployments": {
-        "Driver": _options(),
+        # Three: HAProxy resends a refused connection to another server at once only while
+        # more than one server is up; with one left it waits min(timeout connect, 1 s) first
+        # (back_handle_st_cer), so with two replicas a kill paused answers (docs/reliability.md).
+        "Driver": _options(num_replicas=3),
         # A wide batch window keeps requests waiting inside the replica, so a kill
         # always catches some in flight (exercising the driver's retry).
         "TextEncoder": _options(env={FAULT_INJECTION_ENV: "1"},
@@ -249,10 +257,14 @@ def test_killing_a_replica_under_load_fails_few_requests_and_recovers(app_url, b
         killed_at = time.monotonic()
         ray.kill(ray.get_actor(before[0], namespace="serve"))
         replaced_s = wait_replaced(deployment, before)
-        # A fixed window, so the failure rate means the same in every run: the load runs
-        # for the 30 s recovery target after the kill (longer if the replacement is slow),
-        # plus 2 s in which the replacement serves.
-        time.sleep(max(0.0, killed_at + RECOVERY_LIMIT_S - time.monotonic()) + 2)
+        if deployment == "Driver":
+            # A fixed window, so that the 1 % means the same in every run: the 30 s
+            # recovery target after the kill (longer if the replacement is slow), plus 2 s.
+            time.sleep(max(0.0, killed_at + RECOVERY_LIMIT_S - time.monotonic()) + 2)
+        else:
+            # No request may fail at all, so the window needs only to cover the kill, the
+            # time without the replica and a few seconds of its replacement serving.
+            time.sleep(max(0.0, killed_at + MODEL_KILL_WINDOW_S - time.monotonic(), REPLACED_SERVES_S))
     total = len(load.records)
     in_flight = sum(1 for start, end, _ in load.records if start < killed_at < end)
     failed = [(start - killed_at, status) for start, _, status in load.records if status != 200]
@@ -272,7 +284,9 @@ def test_killing_a_replica_under_load_fails_few_requests_and_recovers(app_url, b
         # 1.08 % of that run's 744, so the 1 % holds only on average over such runs).
         assert len(failed) <= in_flight, failed
     else:
-        assert len(failed) <= 0.01 * total, failed
+        # Requests in flight in a killed model replica are resent (Serve's router, then the
+        # driver's retry): none is lost.
+        assert failed == [], failed
     if deployment == "Driver":
         # Requests inside the killed ingress replica are lost (HAProxy resends only
         # requests that never reached a replica); requests sent after the kill never are,
