@@ -1,7 +1,7 @@
-"""Shared fixtures: tiny locally-built checkpoints and one real local Ray cluster.
+"""Shared fixtures: tiny locally-built checkpoints and one real local Ray cluster per pytest process.
 
-Starting Ray and Serve is the slowest step of the suite, so the whole session
-shares one cluster; test modules deploy their own applications onto it. Ports,
+Starting Ray and Serve is slow, so a pytest process (each xdist worker is one) starts
+one cluster and shares it; test modules deploy their own applications onto it. Ports,
 health waits and subprocess paths come from ``harness`` (shared with benchmarks/ and
 loadtest/); ``free_port``, ``wait_healthy`` and ``repo_pythonpath`` stay importable from here.
 """
