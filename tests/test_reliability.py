@@ -40,7 +40,8 @@ REPLACED_SERVES_S = 3.0
 
 
 def _options(num_cpus: float = 0.1, env: dict | None = None, **extra) -> dict:
-    # Two replicas of everything: a killed one is replaced while the other serves.
+    # Two replicas of each model deployment (three Drivers, below): a killed one is replaced
+    # while another serves.
     # Health checks every second so a poisoned replica is found fast. Options dicts
     # replace the code's, so num_cpus is repeated; the small logical-CPU shares let
     # eight replicas schedule beside the other test modules' apps.
