@@ -29,10 +29,6 @@ export SENTIMENT_RAY_RUN=$TEMP_DIR
 # metrics agent binds it to 127.0.0.1 because the node's address is loopback; a node with
 # a routable address (the KubeRay pods) exports on all interfaces.
 METRICS_PORT=${RAY_METRICS_PORT:-8080}
-"$BIN/ray" start --head --node-ip-address=127.0.0.1 --port="$PORT" \
-  --dashboard-host=127.0.0.1 --dashboard-port="${RAY_DASHBOARD_PORT:-8265}" \
-  --metrics-export-port="$METRICS_PORT" \
-  --num-cpus="${RAY_NUM_CPUS:-2}" --temp-dir="$TEMP_DIR" --disable-usage-stats ${RAY_START_ARGS:-} >/dev/null
 # Stop only this head: `ray stop` would end every Ray on the machine.
 ours() {  # pids whose environment carries this run's marker, except this script; Ray's agents
   # retitle themselves over their environment, so they are found by their open files in TEMP_DIR
@@ -55,7 +51,13 @@ cleanup() {
   kill -KILL $(ours) $(haproxies) 2>/dev/null || true
   rm -rf "$TEMP_DIR"
 }
+# Before `ray start`: a start that times out on a loaded machine leaves a GCS running
+# (seen in a test run), and the exit it causes must clean that up too.
 trap cleanup EXIT INT TERM
+"$BIN/ray" start --head --node-ip-address=127.0.0.1 --port="$PORT" \
+  --dashboard-host=127.0.0.1 --dashboard-port="${RAY_DASHBOARD_PORT:-8265}" \
+  --metrics-export-port="$METRICS_PORT" \
+  --num-cpus="${RAY_NUM_CPUS:-2}" --temp-dir="$TEMP_DIR" --disable-usage-stats ${RAY_START_ARGS:-} >/dev/null
 echo "Ray logs: $TEMP_DIR/session_latest/logs (removed on exit)"
 echo "Metrics: http://127.0.0.1:$METRICS_PORT/metrics (Prometheus: cluster/prometheus.yml)"
 echo "Serving on http://127.0.0.1:8000 (Ctrl-C to stop)"
