@@ -49,6 +49,15 @@ SERVE_ENV = {
     # the cookie hash keeps choosing a dead replica, and each retry of a refused connection waits
     # HAProxy's turn-around, min(timeout connect, 1 s), while at most one other server is up.
     "RAY_SERVE_HAPROXY_OBSERVE_ERROR_LIMIT": "1",
+    # A replica whose caller died (a killed Driver replica) stalls all its requests until Ray gives up
+    # on that caller's answer: `execute_streaming_generator_async` (ray/_raylet.pyx) ends in
+    # `WaitAllObjectsReported()` on the replica's event-loop thread, and a report to a dead worker fails
+    # only once its gRPC client has found the worker dead, after
+    # `core_worker_rpc_server_reconnect_timeout_base_s` (1 s), checked every
+    # `grpc_client_check_connection_status_interval_milliseconds` (1 s). Both only act while a peer is
+    # unreachable. Measured in docs/reliability.md.
+    "RAY_core_worker_rpc_server_reconnect_timeout_base_s": "0",
+    "RAY_grpc_client_check_connection_status_interval_milliseconds": "100",
 }
 
 
