@@ -44,6 +44,9 @@ CANNOT_TRANSCRIBE = "Speech without text: this model cannot transcribe speech; t
 PREDICT_CONCURRENCY = 8
 BATCH_CONCURRENCY = 1
 QUEUE_MAX_SIZE = 64
+# How often Gradio's queue looks for a waiting event, and for progress to send (see mount_ui).
+QUEUE_POLL_S = 0.02
+PROGRESS_POLL_S = 0.05
 CACHE_TTL_S = 3600  # uploads and outputs in Gradio's cache are deleted after an hour
 PREVIEW_ROWS = 50
 
@@ -249,6 +252,12 @@ def mount_ui(app, driver) -> None:
     # position), then gets a "queue full" message instead of piling unbounded work
     # onto the replica. The JSON API does not go through this queue.
     demo.queue(default_concurrency_limit=PREDICT_CONCURRENCY, max_size=QUEUE_MAX_SIZE)
+    # Gradio's queue polls for work every 1 ms while empty and for progress every 10 ms
+    # (gradio/queueing.py, Linux values; no public setting), on the replica's event loop,
+    # which also serves the API: that cost an idle Driver replica 35 ms of CPU per second.
+    # Polling at 20 ms delays a queued UI event by 10 ms on average (docs/performance.md).
+    demo._queue.sleep_when_free = QUEUE_POLL_S
+    demo._queue.progress_update_sleep_when_free = PROGRESS_POLL_S
     # One upload cap for the whole page, sized for a long recording or the batch zip
     # (each under its route's body cap); a file above its own limit is refused by the
     # event with a readable message.
