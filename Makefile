@@ -56,8 +56,8 @@ quick-demo: install
 # Two phases (tests/conftest.py): everything else on two workers, then the destructive
 # tests alone, since they time recovery to the second.
 test: install quick-demo
-	$(BIN)/python -m pytest -q -ra -n 2 --dist loadgroup -m "not destructive"
-	$(BIN)/python -m pytest -q -ra -m destructive
+	$(BIN)/python -m pytest -q -ra --durations=10 -n 2 --dist loadgroup -m "not destructive"
+	$(BIN)/python -m pytest -q -ra --durations=5 -m destructive
 
 test-fast: install
 	$(BIN)/python -m pytest -q -ra -m "not slow"

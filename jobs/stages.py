@@ -27,7 +27,7 @@ from deployments.http.schema import Limits
 from model.audio import decode_audio
 from model.bundle import Bundle
 from model.data.feature_table import pack_features, unpack_features
-from model.segments import duration_weighted, joined_transcript, segment_entry, split_on_silence
+from model.segments import duration_weighted, joined_transcript, segment_entry, split_on_silence, weighted_mean
 
 
 class RowError(Exception):
@@ -138,8 +138,7 @@ def merge_segments(rows: list[dict], pending: dict[str, list[dict]], labels: lis
         first.update(label=overall["label"], sentiment=overall["sentiment"], scores=json.dumps(overall["scores"]))
         for name in ("text", "audio"):
             if all(w[f"{name}_sentiment"] is not None for w in windows):
-                mean = sum(w[f"{name}_sentiment"] * d for w, d in zip(windows, durations)) / sum(durations)
-                first[f"{name}_sentiment"] = mean
+                first[f"{name}_sentiment"] = weighted_mean([w[f"{name}_sentiment"] for w in windows], durations)
                 first[f"{name}_label"] = None  # a mean of labels is not a label; the sentiment is
         first["segments"] = json.dumps([segment_entry(w["segment_start"], w["segment_end"], p, w["transcript"])
                                         for w, p in zip(windows, fused)])

@@ -51,12 +51,16 @@ def split_on_silence(waveform: torch.Tensor, rate: int, window_seconds: float = 
     return windows
 
 
+def weighted_mean(values: list[float], durations: list[float]) -> float:
+    """The windows' values, each weighted by its window's duration."""
+    return sum(v * d for v, d in zip(values, durations)) / sum(durations)
+
+
 def duration_weighted(predictions: list[dict], durations: list[float], labels: list[str]) -> dict:
     """One prediction for the whole recording: each label's score and the sentiment are the
     windows' values weighted by each window's duration; the label is the top score."""
-    total = sum(durations)
-    scores = {label: sum(p["scores"][label] * d for p, d in zip(predictions, durations)) / total for label in labels}
-    sentiment = sum(p["sentiment"] * d for p, d in zip(predictions, durations)) / total
+    scores = {label: weighted_mean([p["scores"][label] for p in predictions], durations) for label in labels}
+    sentiment = weighted_mean([p["sentiment"] for p in predictions], durations)
     return {"label": max(scores, key=scores.get), "scores": scores, "sentiment": sentiment}
 
 
