@@ -57,11 +57,11 @@ SERVE_ENV = {
     # `grpc_client_check_connection_status_interval_milliseconds` (1 s). Both only act while a peer is
     # unreachable. Measured in docs/reliability.md.
     "RAY_core_worker_rpc_server_reconnect_timeout_base_s": "0",
+    "RAY_grpc_client_check_connection_status_interval_milliseconds": "100",
     # Serve's controller reconciles every 0.5 s, not 0.1 s: its loop (and the GCS queries it
     # makes) cost 48 + 10 ms of CPU per second with the app idle, and 16 + 8 at 0.5 s; a
     # replica's start or death is acted on up to 0.4 s later (docs/performance.md).
     "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
-    "RAY_grpc_client_check_connection_status_interval_milliseconds": "100",
 }
 
 

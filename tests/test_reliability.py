@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from deployments.replica import FAULT_INJECTION_ENV
-from tests.conftest import deploy, tone
+from tests.conftest import deploy, serve_log_dir, tone
 
 # Kills and bursts, timed to the second: nothing else may load the machine meanwhile.
 pytestmark = [pytest.mark.slow, pytest.mark.destructive]
@@ -130,17 +130,11 @@ def replica_actors(deployment: str, app: str = APP) -> list[str]:
     return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(prefix))
 
 
-def serve_logs() -> Path:
-    import ray
-
-    return Path(ray._private.worker._global_node.get_session_dir_path()) / "logs" / "serve"
-
-
 def started(replica_id: str) -> bool:
     """Whether the Serve controller has logged this replica as started (constructor done)."""
     needle = f"Replica(id='{replica_id}', deployment="
     return any(needle in line and "started successfully" in line
-               for path in serve_logs().glob("controller_*.log")
+               for path in serve_log_dir().glob("controller_*.log")
                for line in path.read_text(errors="replace").splitlines())
 
 
@@ -161,7 +155,7 @@ def model_call_ms_since(wall_time: float) -> list[float]:
     12.3ms"), for the calls logged after ``wall_time`` (``time.time()``)."""
     since = datetime.fromtimestamp(wall_time).strftime("%Y-%m-%d %H:%M:%S,%f")[:23]
     durations = []
-    for path in serve_logs().glob(f"replica_{APP}_*.log"):
+    for path in serve_log_dir().glob(f"replica_{APP}_*.log"):
         if path.name.startswith(f"replica_{APP}_Driver_"):
             continue
         for line in path.read_text(errors="replace").splitlines():
@@ -172,7 +166,7 @@ def model_call_ms_since(wall_time: float) -> list[float]:
 
 
 def driver_log_lines(pattern: str) -> list[str]:
-    return [line for path in serve_logs().glob(f"replica_{APP}_Driver_*.log")
+    return [line for path in serve_log_dir().glob(f"replica_{APP}_Driver_*.log")
             for line in path.read_text(errors="replace").splitlines() if pattern in line]
 
 
@@ -228,7 +222,7 @@ def test_killing_the_only_audio_encoder_never_hangs_a_request(single_replica_url
     before = replica_actors("AudioEncoder", SINGLE_APP)
     with Load(f"{single_replica_url}/v1/predict", body, concurrency=4) as load:
         time.sleep(2)
-        killed_at, killed_wall = time.monotonic(), time.time()
+        killed_at = time.monotonic()
         ray.kill(ray.get_actor(before[0], namespace="serve"))
         replaced_at = killed_at + wait_replaced("AudioEncoder", before, app=SINGLE_APP)
         time.sleep(4)
@@ -334,7 +328,7 @@ def test_killing_a_replica_under_load_fails_few_requests_and_recovers(app_url, b
 def controller_says(replica_id: str, phrase: str) -> bool:
     needle = f"Replica(id='{replica_id}', deployment="
     return any(needle in line and phrase in line
-               for path in serve_logs().glob("controller_*.log")
+               for path in serve_log_dir().glob("controller_*.log")
                for line in path.read_text(errors="replace").splitlines())
 
 
