@@ -15,7 +15,6 @@ import shutil
 import threading
 import time
 from datetime import datetime
-from pathlib import Path
 
 import httpx
 import pytest
