@@ -19,7 +19,7 @@ import pytest
 from deployments import ray_env
 from harness import free_port, repo_pythonpath, wait_healthy
 
-__all__ = ["deploy", "free_port", "repo_pythonpath", "tone", "wait_healthy"]
+__all__ = ["EXAMPLES", "deploy", "free_port", "repo_pythonpath", "tone", "wait_healthy", "write_speech"]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -36,17 +36,18 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 # Phases and workers. ``make test`` runs in two phases:
 #   1. everything but the destructive tests, on two pytest-xdist workers (``-n 2 --dist
 #      loadgroup``), each starting its own Ray cluster when a test first needs one;
-#   2. the destructive tests (kills and bursts, timed to the second) alone.
+#   2. the destructive tests (kills and bursts, timed to the second, and the two-node
+#      test, whose node startup has a fixed 30 s deadline in Ray) alone.
 # In phase 1 all of a group's tests run on one worker, in order, and a module in no group
 # is a group of its own (``pytest_xdist_make_scheduler``). The two groups are balanced by
 # their modules' measured times (docs/operations.md, "Test suite").
 WORKER_GROUPS = {
     # One cluster, and the shared tiny-bundle app (``served_app``) with the apps beside it.
-    "shared-app": ("test_batch_scoring", "test_serving", "test_transcript", "test_ui_browser", "test_tracing",
-                   "test_oip", "test_fuzz", "test_security"),
-    # Tests that start clusters of their own (make run, the load test, two nodes), and
-    # the modules that change their app's replicas.
-    "own-clusters": ("test_front_door", "test_loadtest", "test_multinode", "test_operations", "test_prometheus"),
+    "shared-app": ("test_batch_scoring", "test_serving", "test_transcript", "test_ui_browser", "test_oip"),
+    # Tests that start clusters of their own (make run, the load test), the modules that
+    # change their app's replicas, and modules whose apps need settings of their own.
+    "own-clusters": ("test_front_door", "test_loadtest", "test_operations", "test_prometheus", "test_tracing",
+                     "test_fuzz", "test_security"),
 }
 _GROUP_OF = {module: group for group, modules in WORKER_GROUPS.items() for module in modules}
 
@@ -185,15 +186,61 @@ def deploy(url: str, args: dict, name: str = "sentiment", route_prefix: str = "/
     return app_url
 
 
-@pytest.fixture(scope="session")
-def served_app(ray_cluster, tiny_bundle):
-    """The app serving the tiny bundle at ``/``; batch windows widened so batching is observable.
+# The served bundle's examples/ (the layout model.demo writes, deployments/ui/bundle_card.py):
+# (text, audio file or None, caption, espeak-ng voice (words per minute, pitch)).
+EXAMPLES = [
+    ("I absolutely loved this movie, it was wonderful.", "lively.wav", "positive words, lively voice", (190, 75)),
+    ("Oh great, another wonderful sequel.", "flat.wav", "disagree: positive words, flat voice", (120, 20)),
+    ("The plot was dull and the acting was worse.", None, "text only: negative", None),
+]
+SERVED_DRIVER_REPLICAS = 2  # as serve_config.yaml runs them
 
-    Shared by the modules that leave it as they found it; deleted after the last test that
-    uses it (an idle app still costs CPU: health checks, metrics)."""
+
+def write_speech(path: Path, text: str, rate: int, pitch: int) -> None:
+    """Real synthesized speech when espeak-ng is available (program or wheel), else a tone."""
+    import model.demo.speech as speech
+    from model.audio import encode_wav
+
+    if speech.available():
+        speech.synthesize_wav(path, text, speech.Voice(rate=rate, pitch=pitch))
+    else:
+        path.write_bytes(encode_wav(tone(2.0, 16_000, 180.0 + pitch), 16_000))
+
+
+@pytest.fixture(scope="session")
+def served_bundle(tiny_bundle, tmp_path_factory) -> Path:
+    """The tiny bundle plus examples/, so the page's examples path is exercised too."""
+    import json
+
+    path = tmp_path_factory.mktemp("served") / "bundle"
+    shutil.copytree(tiny_bundle, path)
+    folder = path / "examples"
+    folder.mkdir()
+    entries = []
+    for text, audio, caption, voice in EXAMPLES:
+        entry = {"text": text, "caption": caption}
+        if audio:
+            write_speech(folder / audio, text, *voice)
+            entry["audio"] = audio
+        entries.append(entry)
+    # Entries the page must skip without failing: a path escaping the folder, a missing file.
+    entries += [{"text": "escape", "audio": "../bundle.json"}, {"text": "gone", "audio": "missing.wav"}]
+    (folder / "examples.json").write_text(json.dumps({"examples": entries}, indent=2))
+    return path
+
+
+@pytest.fixture(scope="session")
+def served_app(ray_cluster, served_bundle):
+    """The app serving the tiny bundle (with examples) at ``/``, UI on, two Driver replicas as in
+    serve_config.yaml; batch windows widened so batching is observable.
+
+    Shared by the modules that leave it as they found it (every app deployed costs about
+    40 s of CPU on the two cores); deleted after the last test that uses it (an idle app
+    still costs CPU: health checks, metrics)."""
     args = {
-        "bundle": str(tiny_bundle),
+        "bundle": str(served_bundle),
         "deployments": {
+            "Driver": {"num_replicas": SERVED_DRIVER_REPLICAS},
             "TextEncoder": {"user_config": {"max_batch_size": 16, "batch_wait_timeout_s": 0.05}},
         },
     }

@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tests.conftest import deploy, tone
+from tests.conftest import tone
 
 pytestmark = pytest.mark.slow
 
 tritonclient_http = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-APP, PREFIX, MODEL = "oip", "/oip", "sentiment"
+MODEL = "sentiment"
 TEXTS = ["a wonderful, moving film", "dull and lifeless", "it was fine, I guess", "never again"]
 
 
@@ -39,13 +39,9 @@ def clips(wav_bytes) -> list[bytes]:
 
 
 @pytest.fixture(scope="module")
-def oip_url(ray_cluster, tiny_bundle):
-    """The app at its own prefix, the UI included (its mount at the app's "/" must not shadow /v2)."""
-    from ray import serve
-
-    url = deploy(ray_cluster, {"bundle": str(tiny_bundle)}, name=APP, route_prefix=PREFIX)
-    yield url
-    serve.delete(APP)
+def oip_url(served_app):
+    """conftest's shared app, the UI included (its mount at the app's "/" must not shadow /v2)."""
+    return served_app
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +52,8 @@ def http(oip_url):
 
 @pytest.fixture(scope="module")
 def triton(oip_url):
-    # tritonclient keeps a URL's path as the base of every request: "host:port/oip/v2/...".
+    # A URL with a path (an app at a route prefix) also works: tritonclient keeps it as the
+    # base of every request.
     client = tritonclient_http.InferenceServerClient(oip_url.removeprefix("http://"), network_timeout=60.0)
     yield client
     client.close()

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import deploy, replica_log_lines, tone
+from conftest import EXAMPLES, SERVED_DRIVER_REPLICAS, deploy, replica_log_lines, write_speech
 
 pytestmark = pytest.mark.slow
 
@@ -50,70 +50,26 @@ DEMO_BUNDLE = Path(os.environ.get("UI_DEMO_BUNDLE", ROOT / "artifacts" / "demo-b
 TIMEOUT_MS = 60_000  # first requests on a cold 2-core machine are slow
 
 POSITIVE = "What a wonderful, moving film. I loved every minute of it."
-EXAMPLES = [
-    # (text, audio file or None, caption, espeak voice settings)
-    ("I absolutely loved this movie, it was wonderful.", "lively.wav", "positive words, lively voice", (190, 75)),
-    ("Oh great, another wonderful sequel.", "flat.wav", "disagree: positive words, flat voice", (120, 20)),
-    ("The plot was dull and the acting was worse.", None, "text only: negative", None),
-]
+UI_APP = "sentiment"  # conftest's served_app
+# Log lines per Driver replica before this module's first test: earlier modules' sessions
+# on the same app, and apps of the same name whose replicas are gone.
+BEFORE: dict[str, int] = {}
 
 
 # ---- fixtures ----------------------------------------------------------------------
 
 
-def _write_speech(path: Path, text: str, rate: int, pitch: int) -> None:
-    """Real synthesized speech when espeak-ng is available (program or wheel), else a tone."""
-    import model.demo.speech as speech
-    from model.audio import encode_wav
-
-    if speech.available():
-        speech.synthesize_wav(path, text, speech.Voice(rate=rate, pitch=pitch))
-    else:
-        path.write_bytes(encode_wav(tone(2.0, 16_000, 180.0 + pitch), 16_000))
-
-
 @pytest.fixture(scope="module")
-def ui_bundle(tiny_bundle, tmp_path_factory) -> Path:
-    """The tiny bundle plus examples/ in the layout model.demo writes (see deployments/ui/bundle_card.py)."""
-    path = tmp_path_factory.mktemp("ui") / "bundle"
-    shutil.copytree(tiny_bundle, path)
-    folder = path / "examples"
-    folder.mkdir()
-    entries = []
-    for text, audio, caption, voice in EXAMPLES:
-        entry = {"text": text, "caption": caption}
-        if audio:
-            _write_speech(folder / audio, text, *voice)
-            entry["audio"] = audio
-        entries.append(entry)
-    # Entries the page must skip without failing: a path escaping the folder, a missing file.
-    entries += [{"text": "escape", "audio": "../bundle.json"}, {"text": "gone", "audio": "missing.wav"}]
-    (folder / "examples.json").write_text(json.dumps({"examples": entries}, indent=2))
-    return path
-
-
-UI_APP = "sentiment"
-DRIVER_REPLICAS = 2
-# Log lines per Driver replica before this module deployed: earlier modules' apps of the
-# same name leave log files whose replicas are gone.
-BEFORE: dict[str, int] = {}
-
-
-@pytest.fixture(scope="module")
-def ui_url(ray_cluster, ui_bundle):
-    from ray import serve
-
+def ui_url(served_app):
     BEFORE.update(replica_log_lines(UI_APP, "Driver", "/gradio_api/queue/join"))
-    yield deploy(ray_cluster, {"bundle": str(ui_bundle), "deployments": {"Driver": {"num_replicas": DRIVER_REPLICAS}}},
-                 name=UI_APP)
-    serve.delete(UI_APP)
+    return served_app
 
 
 @pytest.fixture(scope="module")
-def labels(ui_bundle) -> list[str]:
+def labels(served_bundle) -> list[str]:
     from model.bundle import Bundle
 
-    return Bundle.load(ui_bundle).labels
+    return Bundle.load(served_bundle).labels
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +99,7 @@ def page(browser, ui_url, artifacts_dir, request):
 @pytest.fixture(scope="module")
 def speech_wav(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("wav") / "speech.wav"
-    _write_speech(path, POSITIVE, 175, 50)
+    write_speech(path, POSITIVE, 175, 50)
     return path
 
 
@@ -307,10 +263,10 @@ def test_gradio_client_sessions_work_on_every_driver_replica(ui_url, labels, spe
             assert result[0]["label"] in labels, result[0]
         after = replica_log_lines(UI_APP, "Driver", "/gradio_api/queue/join")
         served = {replica for replica, n in after.items() if n > before.get(replica, 0)}
-        if len(served) == DRIVER_REPLICAS:
+        if len(served) == SERVED_DRIVER_REPLICAS:
             break
     print(f"\n[gradio_client] {attempt + 1} sessions until both Driver replicas served one: {after}")
-    assert len(served) == DRIVER_REPLICAS, after
+    assert len(served) == SERVED_DRIVER_REPLICAS, after
 
 
 # ---- the batch and about tabs ----------------------------------------------------------
@@ -373,7 +329,7 @@ def test_both_driver_replicas_served_browser_sessions(browser, ui_url, labels):
                 if n > BEFORE.get(r, 0)}
 
     for _ in range(12):
-        if len(served()) == DRIVER_REPLICAS:
+        if len(served()) == SERVED_DRIVER_REPLICAS:
             break
         context = browser.new_context()
         page = context.new_page()
@@ -384,7 +340,7 @@ def test_both_driver_replicas_served_browser_sessions(browser, ui_url, labels):
         assert shown_label(page) in labels
         context.close()
     print(f"\n[browser] queue joins per Driver replica: {served()}")
-    assert len(served()) == DRIVER_REPLICAS, served()
+    assert len(served()) == SERVED_DRIVER_REPLICAS, served()
 
 
 @pytest.fixture(scope="module")
@@ -397,16 +353,30 @@ def demo_bundle() -> Path:
     return quick_bundle(ROOT / "artifacts" / "quick-demo")
 
 
-def test_demo_bundle_reads_a_positive_sentence_as_positive(ray_cluster, browser, artifacts_dir, demo_bundle):
-    """Last in the module: it replaces the tiny app with the demo one."""
+def synthetic_warnings(url: str, **request) -> list[str]:
     import httpx
 
+    r = httpx.post(f"{url}/v1/predict", timeout=60, **request)
+    assert r.status_code == 200, r.text
+    return [w for w in r.json()["warnings"] if "SYNTHETIC speech" in w]
+
+
+@pytest.fixture(scope="module")
+def demo_url(ray_cluster, demo_bundle):
+    """Deployed after the tiny app is gone (conftest deletes it after its last test), at "/" as make run serves it."""
+    from ray import serve
+
+    yield deploy(ray_cluster, {"bundle": str(demo_bundle)}, name="demo")
+    serve.delete("demo")
+
+
+def test_demo_bundle_reads_a_positive_sentence_as_positive(browser, artifacts_dir, demo_bundle, demo_url):
     from model.bundle import Bundle
 
     demo = Bundle.load(demo_bundle)
     assert demo.trained and demo.synthetic_speech and "positive" in demo.labels
     examples = json.loads((demo_bundle / "examples" / "examples.json").read_text())["examples"]
-    url = deploy(ray_cluster, {"bundle": str(demo_bundle)})
+    url = demo_url
     context = browser.new_context(viewport={"width": 1280, "height": 1000})
     page = context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
@@ -439,8 +409,15 @@ def test_demo_bundle_reads_a_positive_sentence_as_positive(ray_cluster, browser,
         assert "test_text_only" in text  # the metrics table the build recorded
     finally:
         context.close()
-    # The JSON API carries the same warning.
-    audio = (demo_bundle / "examples" / disagree["audio"]).read_bytes()
-    r = httpx.post(f"{url}/v1/predict", files={"audio": ("example.wav", audio)}, data={"text": disagree["text"]},
-                   timeout=60)
-    assert r.status_code == 200 and any("SYNTHETIC speech" in w for w in r.json()["warnings"]), r.text
+
+
+def test_demo_replies_with_audio_say_the_audio_branch_learned_synthetic_speech(demo_bundle, demo_url):
+    """The JSON API carries the page's warning whenever speech reached the audio branch
+    (tests/test_serving.py: never for a bundle trained on real speech)."""
+    examples = json.loads((demo_bundle / "examples" / "examples.json").read_text())["examples"]
+    speech = next(e for e in examples if e["audio"] and e["text"])
+    audio = ("example.wav", (demo_bundle / "examples" / speech["audio"]).read_bytes())
+    assert len(synthetic_warnings(demo_url, files={"audio": audio}, data={"text": speech["text"]})) == 1
+    assert len(synthetic_warnings(demo_url, files={"audio": audio})) == 1
+    # Text alone never went through the audio branch: nothing to warn about.
+    assert synthetic_warnings(demo_url, json={"text": speech["text"]}) == []
