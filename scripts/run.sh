@@ -47,8 +47,12 @@ cleanup() {
   timeout 20 "$BIN/serve" shutdown -a "http://127.0.0.1:${RAY_DASHBOARD_PORT:-8265}" -y >/dev/null 2>&1 || true
   for _ in $(seq 20); do [ -z "$(haproxies)" ] && break; sleep 0.5; done
   kill -TERM $(ours) $(haproxies) 2>/dev/null || true
-  sleep 3
+  for _ in $(seq 6); do [ -z "$(ours)$(haproxies)" ] && break; sleep 0.5; done
   kill -KILL $(ours) $(haproxies) 2>/dev/null || true
+  # A killed process lives on until the kernel has torn it down (a GCS server was seen
+  # alive after its SIGKILL on a loaded machine): exit only once this run is gone, so the
+  # ports are free for the next start.
+  for _ in $(seq 40); do [ -z "$(ours)$(haproxies)" ] && break; sleep 0.25; done
   rm -rf "$TEMP_DIR"
 }
 # Before `ray start`: a start that times out on a loaded machine leaves a GCS running

@@ -207,29 +207,45 @@ def test_same_answers_as_the_http_api(scored, served_app):
     assert compared >= 180 and errors >= 8 and segmented == 1
 
 
+@pytest.fixture(scope="module")
+def features(tmp_path_factory, ray_cluster, tiny_bundle):
+    """One ``features`` run, on the training test's dataset (40 rows, 32 with audio), for
+    both tests below: each Ray Data run starts its own actor pools."""
+    from test_train_e2e import make_dataset
+
+    folder = tmp_path_factory.mktemp("features")
+    manifest = make_dataset(folder / "data")
+    table = folder / "features"
+    stats = run("features", manifest, tiny_bundle, table, resources=SMALL, progress=False)
+    return manifest, table, stats
+
+
 @pytest.mark.slow
-def test_features_mode(tmp_path, scored, tiny_bundle):
+def test_features_mode(features, tiny_bundle):
     from transformers import AutoTokenizer
 
     from model.bundle import Bundle
 
-    manifest, kinds, out, first, second = scored
-    stats = run("features", manifest, tiny_bundle, tmp_path / "features.parquet", resources=SMALL,
-                limit=24, progress=False)
-    assert stats.processed_rows == 24 and stats.error_rows == 0
+    manifest, table, stats = features
+    assert stats.processed_rows == 40 and stats.error_rows == 0
     bundle = Bundle.load(tiny_bundle)
     tokenizer = AutoTokenizer.from_pretrained(bundle.resolve(bundle.text_encoder))
-    text_by_id = {json.loads(line)["id"]: json.loads(line).get("text") for line in manifest.read_text().splitlines()[:24]}
-    for row in read_shards(tmp_path / "features.parquet").to_pylist():
+    rows = {r["id"]: r for r in manifest_rows(manifest)}
+    seen = {"text": 0, "audio": 0, "text only": 0}
+    for row in read_shards(table).to_pylist():
         text, audio = feature_arrays(row, bundle.fusion.text_dim, bundle.fusion.audio_dim)
-        kind = kinds[row["id"]]
-        assert (text is not None) == (kind in ("text", "both"))
-        assert (audio is not None) == (kind in ("audio", "both"))
+        source = rows[row["id"]]
+        assert (text is not None) == (source["text"] is not None)
+        assert (audio is not None) == (source["audio_path"] is not None)
         if text is not None:
-            assert text.shape[0] == len(tokenizer(text_by_id[row["id"]])["input_ids"])
+            assert text.shape[0] == len(tokenizer(source["text"])["input_ids"])
             assert np.isfinite(text).all()
+            seen["text"] += 1
         if audio is not None:
             assert audio.shape[0] > 0 and np.isfinite(audio).all()
+            seen["audio"] += 1
+        seen["text only"] += audio is None
+    assert seen == {"text": 40, "audio": 32, "text only": 8}, seen
 
 
 def test_csv_manifest_reads_like_jsonl(tmp_path):
@@ -279,10 +295,8 @@ def test_jobs_apply_the_service_audio_limits(tmp_path):
 
 
 @pytest.mark.slow
-def test_features_fill_the_training_cache(tmp_path, ray_cluster, tiny_bundle):
+def test_features_fill_the_training_cache(tmp_path, features, tiny_bundle):
     """Features the batch job extracts are what training would compute; training uses them."""
-    from test_train_e2e import make_dataset
-
     from model.audio_encoder import AudioEncoder
     from model.bundle import Bundle
     from model.data.feature_table import FeatureTableMismatch, PrecomputedFeatures
@@ -292,11 +306,7 @@ def test_features_fill_the_training_cache(tmp_path, ray_cluster, tiny_bundle):
     from model.training.config import TrainConfig
     from model.training.feature_cache import audio_features, encoder_fingerprint, text_features
 
-    manifest_path = make_dataset(tmp_path / "data")
-    table = tmp_path / "features"
-    stats = run("features", manifest_path, tiny_bundle, table, resources=SMALL, progress=False)
-    assert stats.processed_rows == 40 and stats.error_rows == 0
-
+    manifest_path, table, _ = features
     bundle = Bundle.load(tiny_bundle)
     text_encoder = TextEncoder(bundle.resolve(bundle.text_encoder), bundle.text_max_length, "cpu")
     audio_encoder = AudioEncoder(bundle.resolve(bundle.audio_encoder), "cpu")
