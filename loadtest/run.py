@@ -1,13 +1,14 @@
-"""Soak test: the real app from ``serve_config.yaml`` on a private local Ray, driven by Locust.
+"""Soak test: the real app from ``serve_config.yaml``, as ``make run`` serves it, driven by Locust.
 
     python -m loadtest.run --users 16 --duration 60s        # make loadtest
+    python -m loadtest.run --url http://127.0.0.1:8000      # an app that already runs
 
-Everything binds 127.0.0.1: Ray is started in this process with ``ray.init``
-(no ``ray start``, so nobody else's ``ray.init()`` can attach to it), Serve's
-proxy on a free loopback port, and Locust runs headless (no web UI, no ports).
-Writes to ``--out``: Locust's CSVs, ``timeline.csv`` (requests per second by
-status code, latency percentiles), ``memory.csv`` (RSS per Serve process role
-every 2 s) and ``summary.json``/``summary.md``.
+Without ``--url`` it starts ``scripts/run.sh`` with a copy of the config on free loopback
+ports (``harness.MakeRun``: its own Ray head, HAProxy, ``serve run``) and stops it after.
+Locust runs headless (no web UI, no ports). Writes to ``--out``: Locust's CSVs,
+``timeline.csv`` (requests per second by status code, latency percentiles),
+``memory.csv`` (RSS per Serve process role every 2 s, for a run on this machine) and
+``summary.json``/``summary.md``.
 """
 
 from __future__ import annotations
@@ -22,25 +23,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
-import yaml
 
-from harness import RAY_SYSTEM, free_port, role_of, wait_healthy
+from harness import RAY_SYSTEM, MakeRun, role_of, run_processes, wait_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
-APP = "sentiment"
-
-
-def app_args(config_path: Path, bundle: Path) -> dict:
-    """The first application of the Serve config as ``build_app`` args (options included)."""
-    config = yaml.safe_load(config_path.read_text())
-    app = config["applications"][0]
-    args = dict(app.get("args") or {})
-    args["bundle"] = str(bundle.resolve())
-    args["deployments"] = {d["name"]: {k: v for k, v in d.items() if k != "name"} for d in app.get("deployments", [])}
-    return args
 
 
 def pick_bundle(requested: str | None, out: Path) -> Path:
@@ -58,20 +48,20 @@ def pick_bundle(requested: str | None, out: Path) -> Path:
 
 
 class MemorySampler(threading.Thread):
-    """RSS (MiB) summed per Serve process role, every ``interval_s``, for this process's Ray."""
+    """RSS (MiB) summed per Serve process role, every ``interval_s``, over ``pids()``."""
 
-    def __init__(self, interval_s: float = 2.0):
+    def __init__(self, pids: Callable[[], list[int]], interval_s: float = 2.0):
         super().__init__(daemon=True)
-        self.interval_s, self.rows, self._halt = interval_s, [], threading.Event()
+        self.pids, self.interval_s, self.rows, self._halt = pids, interval_s, [], threading.Event()
 
     def run(self) -> None:
         self._t0 = time.monotonic()
-        me = psutil.Process()
         while not self._halt.wait(self.interval_s):
             totals: dict[str, float] = collections.defaultdict(float)
-            for proc in me.children(recursive=True):
+            for pid in self.pids():
                 with contextlib.suppress(psutil.Error):
-                    role = role_of(proc.cmdline())
+                    proc = psutil.Process(pid)
+                    role = role_of(proc.cmdline(), proc.name())
                     if role != RAY_SYSTEM:  # Serve's processes only: their memory is what a soak watches
                         totals[role] += proc.memory_info().rss / 2**20
             self.rows.append({"second": round(time.monotonic() - self._t0), **{k: round(v) for k, v in totals.items()}})
@@ -123,7 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=16)
     parser.add_argument("--spawn-rate", type=float, default=4)
     parser.add_argument("--duration", default="60s", help="Locust --run-time, e.g. 60s or 10m")
-    parser.add_argument("--num-cpus", type=float, default=None, help="logical CPUs for Ray (default: the machine's)")
+    parser.add_argument("--num-cpus", type=float, default=None, help="logical CPUs for Ray (default: run.sh's, 2)")
+    parser.add_argument("--url", help="drive the app already serving at this URL instead of starting one")
+    parser.add_argument("--ray-run", help="with --url: the folder of the `make run` that serves it (run.sh prints "
+                                          "'Ray logs: <folder>/session_latest/logs'), whose memory is sampled")
     parser.add_argument("--out", default=str(ROOT / "bench-results" / "loadtest"))
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -131,23 +124,19 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-    import ray
-    from ray import serve
-
-    from deployments.app import build_app
-
-    bundle = pick_bundle(args.bundle, out)
-    # address="local": always a new private cluster, never one found on the machine.
-    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False,
-             _node_ip_address="127.0.0.1")
-    sampler = MemorySampler()
+    run = None
+    if args.url:
+        url = args.url.rstrip("/")
+        processes = (lambda: run_processes(args.ray_run)) if args.ray_run else list
+    else:
+        bundle = pick_bundle(args.bundle, out)
+        print(f"starting scripts/run.sh with {args.config} and {bundle}", flush=True)
+        run = MakeRun(Path(args.config), out / "make-run", bundle=bundle, num_cpus=args.num_cpus).start()
+        url, processes = run.url, run.processes
+    sampler = MemorySampler(processes)
     try:
-        port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        url = f"http://127.0.0.1:{port}"
-        serve.run(build_app(app_args(Path(args.config), bundle)), name=APP, route_prefix="/")
         wait_healthy(url, 300, interval_s=0.25, request_timeout_s=2)
-        print(f"serving {bundle} at {url}; load: {args.users} users for {args.duration}", flush=True)
+        print(f"serving at {url}; load: {args.users} users for {args.duration}", flush=True)
         sampler.start()
         timeline = out / "timeline.csv"
         env = {**os.environ, "LOADTEST_TIMELINE": str(timeline)}
@@ -176,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if sampler.is_alive():
             sampler.stop()
-        serve.shutdown()
-        ray.shutdown()
+        if run is not None:
+            run.stop()
 
 
 if __name__ == "__main__":

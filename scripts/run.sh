@@ -37,15 +37,20 @@ ours() {  # pids whose environment carries this run's marker, except this script
     find /proc/[0-9]*/fd -lname "$TEMP_DIR/*" 2>/dev/null | cut -d/ -f3; } | sort -u | grep -vx "$$" || true
 }
 haproxies() {  # this run's HAProxy processes, current and replaced ones, by their config path
-  grep -lzF -- "$TEMP_DIR/haproxy/" /proc/[0-9]*/cmdline 2>/dev/null | cut -d/ -f3 || true
+  # "[h]aproxy": a pattern that does not match grep's own command line, which holds it
+  grep -lz -- "$TEMP_DIR/[h]aproxy/" /proc/[0-9]*/cmdline 2>/dev/null | cut -d/ -f3 || true
 }
 cleanup() {
   trap - EXIT INT TERM
+  # The commands ours() runs (grep, find, cut) would carry the marker and find themselves.
+  export -n SENTIMENT_RAY_RUN
   # HAProxy is a child of Serve's HAProxyManager actor, which stops it only on a graceful
   # Serve shutdown; when that actor dies first, HAProxy lives on and keeps the port. So:
   # Serve's own shutdown first, then every process of this run, HAProxy included.
   timeout 20 "$BIN/serve" shutdown -a "http://127.0.0.1:${RAY_DASHBOARD_PORT:-8265}" -y >/dev/null 2>&1 || true
-  for _ in $(seq 20); do [ -z "$(haproxies)" ] && break; sleep 0.5; done
+  # Serve's shutdown leaves HAProxy to finish on its own (7-10 s were seen); SIGTERM below
+  # is HAProxy's hard stop, and nothing is served any more.
+  for _ in $(seq 4); do [ -z "$(haproxies)" ] && break; sleep 0.5; done
   kill -TERM $(ours) $(haproxies) 2>/dev/null || true
   for _ in $(seq 6); do [ -z "$(ours)$(haproxies)" ] && break; sleep 0.5; done
   kill -KILL $(ours) $(haproxies) 2>/dev/null || true

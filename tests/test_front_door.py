@@ -1,18 +1,18 @@
 """The front door as `make run` builds it: scripts/run.sh with the shipped serve_config.yaml.
 
-One run of the real script, on a Ray head of its own, checks what a new user gets:
-HAProxy (not a Python proxy) answers on the HTTP port, the Driver runs the two
-replicas the config asks for, both of them serve UI sessions through `gradio_client`,
-and after SIGTERM to the script no process of that run (HAProxy included) is left
-and the port is free again. Only the bundle (the tiny test bundle) and the ports differ
-from the shipped config.
+One run of the real script (``harness.MakeRun``), on a Ray head of its own, checks what a
+new user gets: HAProxy (not a Python proxy) answers on the HTTP port, the Driver runs the
+two replicas the config asks for, both of them serve UI sessions through `gradio_client`,
+`make loadtest`'s Locust soak drives it and reports, and after SIGTERM to the script no
+process of that run (HAProxy included) is left and the port is free again. Only the bundle
+(the tiny test bundle) and the ports differ from the shipped config.
 """
 
 from __future__ import annotations
 
+import csv
+import json
 import os
-import re
-import signal
 import socket
 import subprocess
 import sys
@@ -24,14 +24,12 @@ import psutil
 import pytest
 import yaml
 
-from harness import free_port, pids_with_env, wait_healthy
-from harness.ports import worker_port_window
+from harness import MakeRun, repo_pythonpath
 from tests.conftest import replica_log_lines
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
-START_TIMEOUT_S = 420
 
 
 def listener_names(port: int) -> set[str]:
@@ -51,16 +49,6 @@ def listener_names(port: int) -> set[str]:
 def port_in_use(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def run_dir_processes(run_dir: str) -> list[int]:
-    """Processes of that run: by the environment marker run.sh exports, or (HAProxy)
-    by a command line naming the run's folder."""
-    found = set(pids_with_env(f"SENTIMENT_RAY_RUN={run_dir}"))
-    for proc in psutil.process_iter(["cmdline"]):
-        if any(run_dir in part for part in proc.info["cmdline"] or []):
-            found.add(proc.pid)
-    return sorted(found - {os.getpid()})
 
 
 def wait_for_driver_replicas(dashboard_port: str, config: dict, timeout_s: float = 180) -> None:
@@ -85,45 +73,21 @@ def wait_for_driver_replicas(dashboard_port: str, config: dict, timeout_s: float
 
 @pytest.fixture(scope="module")
 def make_run(tiny_bundle, tmp_path_factory):
-    config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
-    port = free_port()
-    config["http_options"]["port"] = port
-    config["applications"][0]["args"]["bundle"] = str(tiny_bundle)
-    path = tmp_path_factory.mktemp("make-run") / "serve_config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    lo, hi = worker_port_window()
-    env = dict(os.environ, RAY_GCS_PORT=str(free_port()), RAY_DASHBOARD_PORT=str(free_port()),
-               RAY_START_ARGS=f"--min-worker-port={lo} --max-worker-port={hi} --ray-client-server-port={free_port()}")
-    env.pop("RAY_ADDRESS", None)
-    log = open(path.with_suffix(".log"), "w")
-    proc = subprocess.Popen([str(REPO / "scripts" / "run.sh"), str(path)], cwd=REPO, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    run_dir = None
+    run = MakeRun(REPO / "serve_config.yaml", tmp_path_factory.mktemp("make-run"), bundle=tiny_bundle)
     try:
-        deadline = time.monotonic() + 60
-        while run_dir is None and time.monotonic() < deadline and proc.poll() is None:
-            found = re.search(r"Ray logs: (\S+)/session_latest/logs", path.with_suffix(".log").read_text())
-            run_dir = found.group(1) if found else time.sleep(0.5)
-        assert run_dir, path.with_suffix(".log").read_text()
-        url = f"http://127.0.0.1:{port}"
-        wait_healthy(url, START_TIMEOUT_S, check=lambda: proc.poll() is None or pytest.fail(
-            "run.sh exited:\n" + path.with_suffix(".log").read_text()))
+        run.start()
         # /healthz answers once one Driver replica is up. A UI session that starts before the
         # second joins can be moved by the cookie hash when it joins (a documented, one-off
         # failure), which is not what these tests are about: wait for the replicas first.
-        wait_for_driver_replicas(env["RAY_DASHBOARD_PORT"], config)
-        yield {"url": url, "port": port, "run_dir": run_dir, "proc": proc,
-               "logs": Path(run_dir) / "session_latest" / "logs" / "serve"}
+        wait_for_driver_replicas(str(run.dashboard_port), run.app_config)
+        yield run
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=90)
-        log.close()
+        run.stop()
 
 
 def test_the_ingress_is_haproxy_and_the_api_answers(make_run):
-    assert listener_names(make_run["port"]) == {"haproxy"}, listener_names(make_run["port"])
-    reply = httpx.post(make_run["url"] + "/v1/predict", json={"text": "a fine film"}, timeout=60)
+    assert listener_names(make_run.port) == {"haproxy"}, listener_names(make_run.port)
+    reply = httpx.post(make_run.url + "/v1/predict", json={"text": "a fine film"}, timeout=60)
     assert reply.status_code == 200, reply.text
 
 
@@ -131,10 +95,10 @@ def test_the_shipped_config_runs_two_driver_replicas_and_both_serve_ui_sessions(
     from gradio_client import Client
 
     def served() -> dict[str, int]:
-        return replica_log_lines("sentiment", "Driver", "/gradio_api/queue/join", make_run["logs"])
+        return replica_log_lines("sentiment", "Driver", "/gradio_api/queue/join", make_run.serve_logs)
 
     for _ in range(12):
-        client = Client(make_run["url"] + "/", verbose=False)
+        client = Client(make_run.url + "/", verbose=False)
         label = client.predict("what a great film", None, api_name="/predict")[0]
         assert label["label"] in {"negative", "positive"}, label
         if sum(1 for n in served().values() if n) == 2:
@@ -143,19 +107,43 @@ def test_the_shipped_config_runs_two_driver_replicas_and_both_serve_ui_sessions(
     assert len(served()) == 2 and all(served().values()), served()
 
 
+def test_make_loadtest_drives_the_run_and_writes_its_report(make_run, tmp_path):
+    """``make loadtest``'s runner (it starts this same MakeRun itself without ``--url``),
+    shortened, against this run; its memory is sampled from the run's processes."""
+    out = tmp_path / "loadtest"
+    command = [sys.executable, "-m", "loadtest.run", "--url", make_run.url, "--ray-run", make_run.run_dir,
+               "--users", "4", "--spawn-rate", "4", "--duration", "8s", "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": repo_pythonpath()}
+    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    print(f"\n[loadtest] {summary['requests']} requests, statuses {summary['status_histogram']}, "
+          f"healthz after {summary['healthz_after_s']} s")
+    # Real traffic was answered, and nothing but 200 or a back-pressure 503 (what run.py's exit code checks).
+    assert summary["status_histogram"].get("200", 0) > 0, summary
+    assert set(summary["status_histogram"]) <= {"200", "503"}, summary
+    assert summary["users"] == 4 and summary["windows_10s"] and summary["windows_10s"][0]["requests"] > 0
+    # Every deployment of serve_config.yaml ran and was sampled, and HAProxy with them.
+    assert {"Driver", "TextEncoder", "AudioEncoder", "FusionHead", "HAProxy"} <= set(summary["memory_mib"]), summary
+    with (out / "locust_stats.csv").open() as f:
+        rows = {row["Name"]: row for row in csv.DictReader(f)}
+    # Locust's own statistics agree: requests were made, none failed (the locustfile fails anything but 200/503).
+    assert int(rows["Aggregated"]["Request Count"]) > 0 and rows["Aggregated"]["Failure Count"] == "0", rows
+    assert (out / "summary.md").read_text().startswith("# Soak test: 4 users for 8s")
+
+
 def test_stopping_make_run_stops_haproxy_and_every_ray_process(make_run):
-    proc, run_dir, port = make_run["proc"], make_run["run_dir"], make_run["port"]
-    assert run_dir_processes(run_dir), "nothing of the run was found while it ran: the check below would be vacuous"
+    running = make_run.processes()
+    assert running, "nothing of the run was found while it ran: the check below would be vacuous"
     names = set()
-    for pid in run_dir_processes(run_dir):
+    for pid in running:
         try:
             names.add(Path(psutil.Process(pid).exe()).name)
         except psutil.Error:
             pass
     assert "haproxy" in names, names
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=90)
-    left = [(pid, psutil.Process(pid).name()) for pid in run_dir_processes(run_dir) if psutil.pid_exists(pid)]
+    make_run.stop()
+    left = [(pid, psutil.Process(pid).name()) for pid in make_run.processes() if psutil.pid_exists(pid)]
     assert left == [], left
-    assert not port_in_use(port)
-    assert not Path(run_dir).exists()
+    assert not port_in_use(make_run.port)
+    assert not Path(make_run.run_dir).exists()
