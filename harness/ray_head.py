@@ -22,6 +22,7 @@ from pathlib import Path
 import psutil
 import yaml
 
+from harness.make_run import run_processes
 from harness.ports import node_ports, port_flags, worker_port_window
 from harness.processes import REPO, cli
 
@@ -114,11 +115,9 @@ class RayHead:
         _, alive = psutil.wait_procs(tree, timeout=15)
         # HAProxy started by a config reload (-sf) may sit outside that tree and outlive the
         # head (it did after front-door runs); it names this head's temp dir in its command line.
-        marker = str(self.temp_dir)
-        for proc in psutil.process_iter(["cmdline"]):
+        for pid in run_processes(str(self.temp_dir)):
             with contextlib.suppress(psutil.Error):
-                if proc.pid != os.getpid() and any(marker in arg for arg in proc.info["cmdline"] or ()):
-                    alive.append(proc)
+                alive.append(psutil.Process(pid))
         killed = []
         for proc in alive:
             with contextlib.suppress(psutil.Error):

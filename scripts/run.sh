@@ -48,8 +48,8 @@ cleanup() {
   # Serve shutdown; when that actor dies first, HAProxy lives on and keeps the port. So:
   # Serve's own shutdown first, then every process of this run, HAProxy included.
   timeout 20 "$BIN/serve" shutdown -a "http://127.0.0.1:${RAY_DASHBOARD_PORT:-8265}" -y >/dev/null 2>&1 || true
-  # Serve's shutdown leaves HAProxy to finish on its own (7-10 s were seen); SIGTERM below
-  # is HAProxy's hard stop, and nothing is served any more.
+  # Serve's shutdown leaves HAProxy to finish on its own, which can take seconds; SIGTERM
+  # below is HAProxy's hard stop, and nothing is served any more.
   for _ in $(seq 4); do [ -z "$(haproxies)" ] && break; sleep 0.5; done
   kill -TERM $(ours) $(haproxies) 2>/dev/null || true
   for _ in $(seq 6); do [ -z "$(ours)$(haproxies)" ] && break; sleep 0.5; done

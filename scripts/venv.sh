@@ -2,9 +2,8 @@
 # Creates VENV and installs the project into it (editable, with EXTRAS), as pip would,
 # but with uv doing the install.
 #
-# Why uv: the venv is about 6.7 GB of wheels (torch and its CUDA libraries). pip unpacks
-# them one at a time and took about 2 min here; uv unpacks in parallel and took 46 s for
-# the same versions (docs/operations.md, "Test suite").
+# Why uv: the venv is several GB of wheels (torch and its CUDA libraries), which pip
+# unpacks one at a time and uv in parallel (timings: docs/operations.md, "Development").
 # Why the translation below: uv reads neither pip.conf nor PIP_* variables, and a
 # machine's pip may be pointed at local wheel indexes (on the 2-core test machines, torch
 # and the nvidia-* wheels lie in one). Given the same indexes and constraints, uv

@@ -209,15 +209,21 @@ def test_same_answers_as_the_http_api(scored, served_app):
 
 @pytest.fixture(scope="module")
 def features(tmp_path_factory, ray_cluster, tiny_bundle):
-    """One ``features`` run, on the training test's dataset (40 rows, 32 with audio), for
-    both tests below: each Ray Data run starts its own actor pools."""
+    """One ``features`` run for both tests below (each Ray Data run starts its own actor
+    pools): the training test's dataset (40 rows, 8 of them text only) plus 4 audio-only
+    rows of its clips. Returns the training manifest, the one extracted, the table, the stats."""
     from test_train_e2e import make_dataset
 
     folder = tmp_path_factory.mktemp("features")
-    manifest = make_dataset(folder / "data")
+    training = make_dataset(folder / "data")
+    lines = training.read_text().splitlines()
+    with_audio = [json.loads(line) for line in lines if json.loads(line).get("audio_path")]
+    audio_only = [json.dumps({"id": f"speech-{row['id']}", "audio_path": row["audio_path"]}) for row in with_audio[:4]]
+    extracted = training.with_name("features.jsonl")
+    extracted.write_text("\n".join(lines + audio_only) + "\n")
     table = folder / "features"
-    stats = run("features", manifest, tiny_bundle, table, resources=SMALL, progress=False)
-    return manifest, table, stats
+    stats = run("features", extracted, tiny_bundle, table, resources=SMALL, progress=False)
+    return training, extracted, table, stats
 
 
 @pytest.mark.slow
@@ -226,12 +232,12 @@ def test_features_mode(features, tiny_bundle):
 
     from model.bundle import Bundle
 
-    manifest, table, stats = features
-    assert stats.processed_rows == 40 and stats.error_rows == 0
+    _, manifest, table, stats = features
+    assert stats.processed_rows == 44 and stats.error_rows == 0
     bundle = Bundle.load(tiny_bundle)
     tokenizer = AutoTokenizer.from_pretrained(bundle.resolve(bundle.text_encoder))
     rows = {r["id"]: r for r in manifest_rows(manifest)}
-    seen = {"text": 0, "audio": 0, "text only": 0}
+    seen = {"text": 0, "audio": 0, "text only": 0, "audio only": 0}
     for row in read_shards(table).to_pylist():
         text, audio = feature_arrays(row, bundle.fusion.text_dim, bundle.fusion.audio_dim)
         source = rows[row["id"]]
@@ -245,7 +251,8 @@ def test_features_mode(features, tiny_bundle):
             assert audio.shape[0] > 0 and np.isfinite(audio).all()
             seen["audio"] += 1
         seen["text only"] += audio is None
-    assert seen == {"text": 40, "audio": 32, "text only": 8}, seen
+        seen["audio only"] += text is None
+    assert seen == {"text": 40, "audio": 36, "text only": 8, "audio only": 4}, seen
 
 
 def test_csv_manifest_reads_like_jsonl(tmp_path):
@@ -306,7 +313,7 @@ def test_features_fill_the_training_cache(tmp_path, features, tiny_bundle):
     from model.training.config import TrainConfig
     from model.training.feature_cache import audio_features, encoder_fingerprint, text_features
 
-    manifest_path, table, _ = features
+    manifest_path, _, table, _ = features
     bundle = Bundle.load(tiny_bundle)
     text_encoder = TextEncoder(bundle.resolve(bundle.text_encoder), bundle.text_max_length, "cpu")
     audio_encoder = AudioEncoder(bundle.resolve(bundle.audio_encoder), "cpu")
