@@ -19,7 +19,7 @@ BATCHING = {"max_batch_size": 4, "batch_wait_timeout_s": 0.0}
 
 
 @serve.deployment(name="AudioEncoder", ray_actor_options={"num_cpus": 0.35}, max_ongoing_requests=16,
-                  max_queued_requests=32, user_config=BATCHING)
+                  max_queued_requests=32, user_config=BATCHING, max_surge_percent=25)
 class AudioEncoderDeployment(ModelReplica):
     batched_method = "encode"
 

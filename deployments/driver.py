@@ -86,6 +86,8 @@ app.add_middleware(EdgeMiddleware)
     # Longer than request_timeout_s (30 s), so draining never cuts one short: the
     # default 20 s did, when a redeploy also replaced the models it was waiting on.
     graceful_shutdown_timeout_s=45,
+    # A redeploy starts each replacement before it stops the replica it replaces (serve_config.yaml).
+    max_surge_percent=25,
 )
 @serve.ingress(app)
 class Driver:

@@ -18,7 +18,7 @@ BATCHING = {"max_batch_size": 32, "batch_wait_timeout_s": 0.0}
 
 
 @serve.deployment(name="FusionHead", ray_actor_options={"num_cpus": 0.05}, max_ongoing_requests=64,
-                  max_queued_requests=128, user_config=BATCHING)
+                  max_queued_requests=128, user_config=BATCHING, max_surge_percent=25)
 class FusionHeadDeployment(ModelReplica):
     batched_method = "fuse"
 

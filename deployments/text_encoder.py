@@ -25,7 +25,7 @@ BATCHING = {"max_batch_size": 16, "batch_wait_timeout_s": 0.0}
 
 
 @serve.deployment(name="TextEncoder", ray_actor_options={"num_cpus": 0.4}, max_ongoing_requests=32,
-                  max_queued_requests=64, user_config=BATCHING)
+                  max_queued_requests=64, user_config=BATCHING, max_surge_percent=25)
 class TextEncoderDeployment(ModelReplica):
     batched_method = "encode"
 

@@ -6,6 +6,7 @@ import base64
 import concurrent.futures
 import re
 import threading
+import time
 
 import httpx
 import pytest
@@ -271,20 +272,22 @@ def test_hot_swap_bundle_without_restart(ray_cluster, tiny_bundle, tmp_path):
     for sub in ("text_encoder", "audio_encoder"):
         (tmp_path / "v2" / sub).symlink_to(tiny_bundle / sub)
 
-    statuses, stop = [], threading.Event()
+    statuses, failures, stop = [], [], threading.Event()
 
     def traffic():
         with httpx.Client(base_url=url, timeout=60) as c:
             while not stop.is_set():
-                statuses.append(c.post("/v1/predict", json={"text": "steady traffic"}).status_code)
+                began = time.monotonic()
+                reply = c.post("/v1/predict", json={"text": "steady traffic"})
+                statuses.append(reply.status_code)
+                if reply.status_code != 200:
+                    failures.append((reply.status_code, round(time.monotonic() - began, 1), reply.text[:300]))
 
     worker = threading.Thread(target=traffic)
     worker.start()
     try:
         assert httpx.get(f"{url}/v1/model").json()["version"] == "0.0.0-untrained"
         deploy(ray_cluster, {"bundle": str(tmp_path / "v2"), "settings": {"ui": False}}, name="swap", route_prefix="/swap")
-        import time
-
         deadline = time.monotonic() + 90
         while httpx.get(f"{url}/v1/model").json()["version"] != "2.0.0":
             assert time.monotonic() < deadline, "the new bundle never went live"
@@ -295,7 +298,7 @@ def test_hot_swap_bundle_without_restart(ray_cluster, tiny_bundle, tmp_path):
         from ray import serve
 
         serve.delete("swap")
-    assert statuses and set(statuses) == {200}, statuses
+    assert statuses and not failures, failures
 
 
 def test_replies_with_audio_warn_of_synthetic_speech_only_when_the_bundle_learned_it(served_app, tiny_bundle,
