@@ -162,14 +162,19 @@ class RayNode:
         raise TimeoutError(f"ray start ({self.name}) did not finish in {timeout_s} s")
 
     def group_alive(self) -> list[int]:
+        """The group's live processes. A zombie has exited: ``ray start`` itself stays one
+        until this process reaps it, and counting it made every stop() wait its whole grace."""
+        self.proc.poll()  # reap the leader once it has exited
         alive = []
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit():
                 try:
-                    if os.getpgid(int(entry.name)) == self.pgid:
-                        alive.append(int(entry.name))
-                except (ProcessLookupError, PermissionError):
-                    pass
+                    # /proc/<pid>/stat: "pid (comm) state ppid pgrp ..."; comm may hold spaces.
+                    state, _ppid, pgrp = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:3]
+                except OSError:
+                    continue
+                if int(pgrp) == self.pgid and state != "Z":
+                    alive.append(int(entry.name))
         return alive
 
     def kill(self, sig=signal.SIGKILL) -> None:
