@@ -182,6 +182,8 @@ def test_clicking_the_disagreeing_example_fills_inputs_and_runs_it(page, labels,
     examples = page.locator("#examples")
     # The two bad entries in examples.json were skipped, the three good ones shown.
     for _text, _audio, caption, _voice in EXAMPLES:
+        # The examples render after the Predict button (the page fixture waits for that one).
+        examples.get_by_text(caption).first.wait_for()
         assert examples.get_by_text(caption).count() == 1
     assert examples.get_by_text("escape").count() == 0
     examples.get_by_text("disagree: positive words, flat voice").click()
