@@ -111,7 +111,7 @@ def run(mode: str, manifest: str | Path, bundle: str | Path, out: str | Path,
     CLI do it).
     """
     import ray
-    from ray.data import ActorPoolStrategy, DataContext
+    from ray.data import ActorPoolStrategy, DataContext, TaskPoolStrategy
     from tqdm import tqdm
 
     if mode not in ("score", "features"):
@@ -155,16 +155,21 @@ def run(mode: str, manifest: str | Path, bundle: str | Path, out: str | Path,
                         compute=ActorPoolStrategy(min_size=1, max_size=resources.max_actors),
                         num_cpus=actor_cpus, num_gpus=gpus if gpu else 0, **extra)
 
-        ds = ray.data.from_items(todo, override_num_blocks=max(1, min(len(todo) // resources.decode_batch, 200)))
+        blocks = max(1, min(len(todo) // resources.decode_batch, 200))
+        ds = ray.data.from_items(todo, override_num_blocks=blocks)
         # A decode task holds a batch of the longest allowed clips, as file bytes and as
         # float32 samples; asking for that memory also keeps Ray Data from fusing decoding
         # into the TextStage actors (their resources differ), which would then hold a GPU
         # while reading and decoding files.
         decode_memory = resources.decode_batch * limits.max_audio_seconds * limits.max_sample_rate * 4 * 2
+        # At most one decode task per CPU at a time, and never more than there are blocks.
+        # Decoding is CPU-bound, so more would not decode faster, and every task running at
+        # once needs a worker process of its own, which imports torch before it decodes.
+        decoders = TaskPoolStrategy(size=max(1, min(int(cluster.get("CPU", 1.0)), blocks)))
         ds = ds.map_batches(decode_stage, fn_kwargs={"sampling_rate": sampling_rate, "limits": limits.model_dump(),
                                                           "min_seconds": min_seconds, "segment": mode == "score"},
                             batch_size=resources.decode_batch, batch_format="pyarrow", num_cpus=decode_cpus,
-                            memory=decode_memory)
+                            memory=decode_memory, compute=decoders)
         # Audio first: in scoring, a row with speech and no text is encoded with its transcript.
         ds = ds.map_batches(**pool(AudioStage, resources.audio_gpus, resources.audio_batch, mode == "score"))
         ds = ds.map_batches(**pool(TextStage, resources.text_gpus, resources.text_batch))
