@@ -108,7 +108,7 @@ def markdown(summary: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=str(ROOT / "serve_config.yaml"))
+    parser.add_argument("--config", help="the config run.sh serves (default: serve_config.yaml)")
     parser.add_argument("--bundle", help="bundle folder (default: artifacts/demo-bundle, else a tiny test bundle)")
     parser.add_argument("--users", type=int, default=16)
     parser.add_argument("--spawn-rate", type=float, default=4)
@@ -119,6 +119,12 @@ def main(argv: list[str] | None = None) -> int:
                                           "'Ray logs: <folder>/session_latest/logs'), whose memory is sampled")
     parser.add_argument("--out", default=str(ROOT / "bench-results" / "loadtest"))
     args = parser.parse_args(argv)
+    starts_its_own = {"--config": args.config, "--bundle": args.bundle, "--num-cpus": args.num_cpus}
+    if args.url and any(value is not None for value in starts_its_own.values()):
+        given = ", ".join(flag for flag, value in starts_its_own.items() if value is not None)
+        parser.error(f"{given}: only for the run this command starts; with --url the app already runs")
+    if args.ray_run and not args.url:
+        parser.error("--ray-run: only with --url (without it, the run this command starts is sampled)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -130,8 +136,9 @@ def main(argv: list[str] | None = None) -> int:
         processes = (lambda: run_processes(args.ray_run)) if args.ray_run else list
     else:
         bundle = pick_bundle(args.bundle, out)
-        print(f"starting scripts/run.sh with {args.config} and {bundle}", flush=True)
-        run = MakeRun(Path(args.config), out / "make-run", bundle=bundle, num_cpus=args.num_cpus).start()
+        config = Path(args.config or ROOT / "serve_config.yaml")
+        print(f"starting scripts/run.sh with {config} and {bundle}", flush=True)
+        run = MakeRun(config, out / "make-run", bundle=bundle, num_cpus=args.num_cpus).start()
         url, processes = run.url, run.processes
     sampler = MemorySampler(processes)
     try:

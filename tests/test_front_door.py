@@ -132,6 +132,22 @@ def test_make_loadtest_drives_the_run_and_writes_its_report(make_run, tmp_path):
     assert (out / "summary.md").read_text().startswith("# Soak test: 4 users for 8s")
 
 
+@pytest.mark.parametrize("flags, refused", [
+    (["--url", "http://127.0.0.1:9", "--bundle", "b"], "--bundle"),
+    (["--url", "http://127.0.0.1:9", "--config", "c", "--num-cpus", "2"], "--config, --num-cpus"),
+    (["--ray-run", "/tmp"], "--ray-run"),
+])
+@pytest.mark.timeout(60)
+def test_loadtest_refuses_flags_that_would_be_ignored(flags, refused, capsys):
+    """With ``--url`` nothing is started, so the flags of the run it would start are an error, not ignored."""
+    from loadtest.run import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(flags)
+    assert exit_.value.code == 2
+    assert f"error: {refused}: only" in capsys.readouterr().err
+
+
 def test_stopping_make_run_stops_haproxy_and_every_ray_process(make_run):
     running = make_run.processes()
     assert running, "nothing of the run was found while it ran: the check below would be vacuous"
