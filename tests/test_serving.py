@@ -5,13 +5,11 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import re
-import threading
-import time
 
 import httpx
 import pytest
 
-from tests.conftest import deploy, tone
+from tests.conftest import tone
 
 pytestmark = pytest.mark.slow
 
@@ -259,46 +257,6 @@ def test_concurrent_requests_are_batched(client, served_app):
     formed = {int(size): count - before["histogram"].get(size, 0) for size, count in after["histogram"].items()}
     assert sum(size * count for size, count in formed.items()) == 32, formed
     assert max(size for size, count in formed.items() if count > 0) > 1, formed
-
-
-def test_hot_swap_bundle_without_restart(ray_cluster, tiny_bundle, tmp_path):
-    """Re-running serve.run with new args swaps the bundle in place; traffic keeps flowing."""
-    from model.bundle import Bundle
-
-    url = deploy(ray_cluster, {"bundle": str(tiny_bundle), "settings": {"ui": False}}, name="swap", route_prefix="/swap")
-    swapped = Bundle.load(tiny_bundle)
-    swapped.version = "2.0.0"
-    swapped.save(tmp_path / "v2", swapped.load_fusion())
-    for sub in ("text_encoder", "audio_encoder"):
-        (tmp_path / "v2" / sub).symlink_to(tiny_bundle / sub)
-
-    statuses, failures, stop = [], [], threading.Event()
-
-    def traffic():
-        with httpx.Client(base_url=url, timeout=60) as c:
-            while not stop.is_set():
-                began = time.monotonic()
-                reply = c.post("/v1/predict", json={"text": "steady traffic"})
-                statuses.append(reply.status_code)
-                if reply.status_code != 200:
-                    failures.append((reply.status_code, round(time.monotonic() - began, 1), reply.text[:300]))
-
-    worker = threading.Thread(target=traffic)
-    worker.start()
-    try:
-        assert httpx.get(f"{url}/v1/model").json()["version"] == "0.0.0-untrained"
-        deploy(ray_cluster, {"bundle": str(tmp_path / "v2"), "settings": {"ui": False}}, name="swap", route_prefix="/swap")
-        deadline = time.monotonic() + 90
-        while httpx.get(f"{url}/v1/model").json()["version"] != "2.0.0":
-            assert time.monotonic() < deadline, "the new bundle never went live"
-            time.sleep(0.5)
-    finally:
-        stop.set()
-        worker.join()
-        from ray import serve
-
-        serve.delete("swap")
-    assert statuses and not failures, failures
 
 
 def test_replies_with_audio_warn_of_synthetic_speech_only_when_the_bundle_learned_it(served_app, tiny_bundle,
