@@ -200,7 +200,7 @@ def test_serve_deploy_of_a_new_bundle_rolls_make_run_over_without_failing_a_requ
     assert answered and not failures, failures
     # Each replacement started before the replica it replaces stopped (max_surge_percent): with
     # Ray's default, requests waited for a replacement to start, 11.9 s on an idle machine.
-    assert slowest < 5.0, slowest
+    assert slowest < 8.0, slowest
 
 
 def test_stopping_make_run_stops_haproxy_and_every_ray_process(make_run):
