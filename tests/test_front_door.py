@@ -27,7 +27,7 @@ import psutil
 import pytest
 import yaml
 
-from harness import MakeRun, repo_pythonpath
+from harness import MakeRun, cli, repo_pythonpath
 from tests.conftest import replica_log_lines
 
 pytestmark = pytest.mark.slow
@@ -54,17 +54,20 @@ def port_in_use(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def serve_cli(dashboard_port, *args: str, timeout_s: float = 60) -> subprocess.CompletedProcess:
+    """The ``serve`` CLI against a run's dashboard, with the token auth run.sh starts Ray with."""
+    return subprocess.run([cli("serve"), *args, "-a", f"http://127.0.0.1:{dashboard_port}"],
+                          env=dict(os.environ, RAY_AUTH_MODE="token"), capture_output=True, text=True, timeout=timeout_s)
+
+
 def wait_for_driver_replicas(dashboard_port: str, config: dict, timeout_s: float = 180) -> None:
     """Until ``serve status`` shows the app RUNNING and the shipped config's minimum of Driver
     replicas, all RUNNING (none starting, none stopping)."""
     [driver] = [d for d in config["applications"][0]["deployments"] if d["name"] == "Driver"]
     wanted = driver.get("autoscaling_config", {}).get("min_replicas", driver.get("num_replicas", 1))
-    serve = Path(sys.executable).parent / "serve"
-    env = dict(os.environ, RAY_AUTH_MODE="token")  # run.sh starts Ray with token auth
     deadline, states = time.monotonic() + timeout_s, None
     while time.monotonic() < deadline:
-        out = subprocess.run([str(serve), "status", "-a", f"http://127.0.0.1:{dashboard_port}"], env=env,
-                             capture_output=True, text=True, timeout=60)
+        out = serve_cli(dashboard_port, "status")
         if out.returncode == 0:
             app = (yaml.safe_load(out.stdout) or {}).get("applications", {}).get("sentiment", {})
             states = app.get("deployments", {}).get("Driver", {}).get("replica_states", {})
@@ -182,9 +185,7 @@ def test_serve_deploy_of_a_new_bundle_rolls_make_run_over_without_failing_a_requ
     worker.start()
     began = time.monotonic()
     try:
-        deployed = subprocess.run([str(Path(sys.executable).parent / "serve"), "deploy", str(tmp_path / "serve_config.yaml"),
-                                   "-a", f"http://127.0.0.1:{make_run.dashboard_port}"],
-                                  env=dict(os.environ, RAY_AUTH_MODE="token"), capture_output=True, text=True, timeout=120)
+        deployed = serve_cli(make_run.dashboard_port, "deploy", str(tmp_path / "serve_config.yaml"), timeout_s=120)
         assert deployed.returncode == 0, deployed.stdout[-2000:] + deployed.stderr[-2000:]
         while httpx.get(f"{make_run.url}/v1/model", timeout=30).json()["version"] != "2.0.0":
             assert time.monotonic() - began < 240, "the new bundle never answered"
