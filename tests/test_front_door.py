@@ -28,6 +28,7 @@ import pytest
 import yaml
 
 from harness import MakeRun, cli, repo_pythonpath
+from harness.serve_status import wait_for_replicas
 from tests.conftest import replica_log_lines
 
 pytestmark = pytest.mark.slow
@@ -61,21 +62,14 @@ def serve_cli(dashboard_port, *args: str, timeout_s: float = 60) -> subprocess.C
 
 
 def wait_for_driver_replicas(dashboard_port: str, config: dict, timeout_s: float = 180) -> None:
-    """Until ``serve status`` shows the app RUNNING and the shipped config's minimum of Driver
-    replicas, all RUNNING (none starting, none stopping)."""
+    """Until the dashboard (what ``serve status`` reads) shows the app RUNNING and the shipped
+    config's minimum of Driver replicas, all RUNNING (none starting, none stopping)."""
     [driver] = [d for d in config["applications"][0]["deployments"] if d["name"] == "Driver"]
     wanted = driver.get("autoscaling_config", {}).get("min_replicas", driver.get("num_replicas", 1))
-    deadline, states = time.monotonic() + timeout_s, None
-    while time.monotonic() < deadline:
-        out = serve_cli(dashboard_port, "status")
-        if out.returncode == 0:
-            app = (yaml.safe_load(out.stdout) or {}).get("applications", {}).get("sentiment", {})
-            states = app.get("deployments", {}).get("Driver", {}).get("replica_states", {})
-            if app.get("status") == "RUNNING" and set(states) == {"RUNNING"} and states["RUNNING"] >= wanted:
-                time.sleep(2)  # HAProxy's next reload has both
-                return
-        time.sleep(1)
-    pytest.fail(f"Driver replicas never all RUNNING (wanted {wanted}): {states}")
+    settled, states = wait_for_replicas(dashboard_port, "sentiment", "Driver", wanted, timeout_s)
+    if not settled:
+        pytest.fail(f"Driver replicas never all RUNNING (wanted {wanted}): {states}")
+    time.sleep(2)  # HAProxy's next reload has them all
 
 
 @pytest.fixture(scope="module")
