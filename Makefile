@@ -54,11 +54,10 @@ quick-demo: install
 	$(BIN)/python -m model.demo.quick
 
 # Two phases (tests/conftest.py): everything else on two workers, then the destructive
-# tests, which time recovery to the second: the replica kills on one worker, the two-node
-# test on the other.
+# tests alone, since they time recovery to the second.
 test: install quick-demo
 	$(BIN)/python -m pytest -q -ra --durations=10 -n 2 --dist loadgroup -m "not destructive"
-	$(BIN)/python -m pytest -q -ra --durations=5 -n 2 --dist loadgroup -m destructive
+	$(BIN)/python -m pytest -q -ra --durations=5 -m destructive
 
 test-fast: install
 	$(BIN)/python -m pytest -q -ra -m "not slow"

@@ -22,7 +22,7 @@ import pytest
 from deployments.replica import FAULT_INJECTION_ENV
 from tests.conftest import deploy, serve_log_dir, tone
 
-# Kills and bursts, timed to the second: only the two-node test runs beside them (make test's phase 2).
+# Kills and bursts, timed to the second: nothing else may load the machine meanwhile.
 pytestmark = [pytest.mark.slow, pytest.mark.destructive]
 
 APP, PREFIX = "reliability", "/rel"
