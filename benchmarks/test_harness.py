@@ -260,3 +260,19 @@ def test_unknown_part_is_refused():
     proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--only", "front-dor"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "unknown part(s) front-dor" in proc.stderr
+
+
+def test_serve_status_waits_for_every_replica_of_the_deployment_to_run():
+    from harness.serve_status import replica_states, settled
+
+    def details(app_status, *states):
+        replicas = [{"state": state} for state in states]
+        return {"applications": {"sentiment": {"status": app_status, "deployments": {"Driver": {"replicas": replicas}}}}}
+
+    assert replica_states(details("RUNNING", "RUNNING", "RUNNING"), "sentiment", "Driver") == ("RUNNING", {"RUNNING": 2})
+    assert settled(*replica_states(details("RUNNING", "RUNNING", "RUNNING"), "sentiment", "Driver"), 2)
+    # A rollover: the app is RUNNING again while an old replica still stops.
+    assert not settled(*replica_states(details("RUNNING", "RUNNING", "RUNNING", "STOPPING"), "sentiment", "Driver"), 2)
+    assert not settled(*replica_states(details("DEPLOYING", "RUNNING", "RUNNING"), "sentiment", "Driver"), 2)
+    assert not settled(*replica_states(details("RUNNING", "RUNNING"), "sentiment", "Driver"), 2)
+    assert replica_states({"applications": {}}, "sentiment", "Driver") == (None, {})
