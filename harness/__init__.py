@@ -1,5 +1,6 @@
 """Process plumbing shared by benchmarks, loadtest and tests: free ports, health waits,
-a private Ray head with ``serve run``, ``make run`` on free ports, and process roles and CPU/memory samplers.
+a private Ray head with ``serve run``, ``make run`` on free ports, a wait on a run's Serve status
+(``harness.serve_status``), and process roles and CPU/memory samplers.
 
 Nothing here imports Ray at module level, so importing ``harness`` is cheap.
 """
