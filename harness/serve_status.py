@@ -1,11 +1,13 @@
 """Wait, in one process, until a Serve app runs a deployment's replicas: what polling
 ``serve status`` does, without a new process per poll.
 
-Each ``serve status`` is a new Python process importing Ray (1.6 s of CPU on the 2-core
-machine); a test that polls it every second for a minute spends more CPU on polling than
-on what it waits for. This asks the same dashboard endpoint through the same client
-(``ServeSubmissionClient.get_serve_details``, which ``serve status`` calls) from one process,
-with the same token auth (``RAY_AUTH_MODE=token`` in its environment).
+Each ``serve status`` is a new Python process importing Ray; a test that polls it every
+second for a minute spends more CPU on polling than on what it waits for (measured in
+docs/operations.md, "Test suite"). This asks the same dashboard endpoint through the same
+client (``ServeSubmissionClient.get_serve_details``, which ``serve status`` calls) from one
+process, with the same token auth. That process is not the caller: Ray takes token auth
+from ``RAY_AUTH_MODE`` in the environment, and a test process also talks to its own Ray
+started without it.
 
     python -m harness.serve_status --address http://127.0.0.1:8265 --app sentiment \
         --deployment Driver --replicas 2 --timeout 180
