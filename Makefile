@@ -53,11 +53,11 @@ run: install $(BUNDLE)/bundle.json
 quick-demo: install
 	$(BIN)/python -m model.demo.quick
 
-# Two phases (tests/conftest.py): everything else on two workers, then the destructive
-# tests alone, since they time recovery to the second.
-test: install quick-demo
-	$(BIN)/python -m pytest -q -ra --durations=10 -n 2 --dist loadgroup -m "not destructive"
-	$(BIN)/python -m pytest -q -ra --durations=5 -m destructive
+# Two phases (scripts/test.sh): the destructive tests, timed to the second, with the quick
+# demo bundle's build and the fast tier beside them at idle CPU priority; then the rest on
+# two workers.
+test: install
+	scripts/test.sh
 
 test-fast: install
 	$(BIN)/python -m pytest -q -ra -m "not slow"

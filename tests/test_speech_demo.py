@@ -111,3 +111,27 @@ def test_quick_demo_is_reused_for_the_same_inputs_and_rebuilt_for_others(tmp_pat
     assert quick.input_key() == key
     monkeypatch.setitem(quick.PROFILE, "epochs", quick.PROFILE["epochs"] + 1)
     assert quick.input_key() != key
+
+
+def test_quick_demo_cache_keeps_the_most_recently_used_builds(tmp_path, monkeypatch):
+    """The cache is the machine's (one build for every clone): a hit marks its key as used, and a
+    build keeps only the most recently used keys beside it, and no interrupted build."""
+    import os
+
+    import model.demo.quick as quick
+
+    monkeypatch.setenv("SENTIMENT_CACHE", str(tmp_path))
+    root = quick.default_root()
+    assert root == tmp_path / "quick-demo"
+    for age, name in enumerate(["newest", "newer", "older", "oldest", "crashed.partial"]):
+        (root / name).mkdir(parents=True)
+        os.utime(root / name, (1_000_000 - age, 1_000_000 - age))
+    current = root / quick.input_key() / "bundle"
+    current.mkdir(parents=True)
+    (current / "bundle.json").write_text("{}")
+    os.utime(current.parent, (1, 1))  # used long ago
+    assert quick.quick_bundle() == current
+    assert current.parent.stat().st_mtime > 1_000_000  # the hit made it the most recent
+    quick._remove_stale(root, keep=2)
+    assert sorted(path.name for path in root.iterdir() if path.is_dir()) == sorted([current.parent.name, "newest"])
+

@@ -352,7 +352,7 @@ def demo_bundle() -> Path:
         return DEMO_BUNDLE
     from model.demo.quick import quick_bundle
 
-    return quick_bundle(ROOT / "artifacts" / "quick-demo")
+    return quick_bundle()
 
 
 def synthetic_warnings(url: str, **request) -> list[str]:
