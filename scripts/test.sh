@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # What `make test` runs: the whole suite, in two phases (tests/conftest.py, "Phases and workers").
 #
-#   1. The destructive tests (replica kills and a burst, timed to the second, and the two-node
-#      test) on one worker. They leave the cores half idle, so beside them, at idle CPU
-#      priority, runs the work that starts no Ray: the quick demo bundle's build (phase 2
-#      serves it) and the fast tier (`make test-fast`). SCHED_IDLE, not nice: Ray renices its
-#      workers to 15, which a nice-19 neighbour with dozens of processes still outweighs,
-#      while the kernel gives a SCHED_IDLE process only a core that nothing else wants.
-#   2. Everything else, on two pytest-xdist workers.
+#   1. The destructive phase: the destructive tests (replica kills and a burst, timed to the
+#      second, and the two-node test) on one worker. They leave the cores half idle, so beside
+#      them, at idle CPU priority, runs the work that starts no Ray: the quick demo bundle's
+#      build (the main phase serves it) and the fast tier (`make test-fast`). SCHED_IDLE rather
+#      than nice 19: Ray runs its workers at nice 15, barely above a nice-19 neighbour, while
+#      the kernel gives a SCHED_IDLE process only a core that nothing else wants.
+#   2. The main phase: everything else, on two pytest-xdist workers.
 #
 # Every step runs even when one before it failed; the exit status is the first failure's.
 set -uo pipefail
@@ -39,13 +39,13 @@ beside_phase_1() {
   return "$rc"
 }
 
-echo "== phase 1: the destructive tests; the quick demo bundle and the fast tier beside them ($BESIDE_LOG)"
+echo "== phase 1, the destructive phase: the destructive tests; beside them, the quick demo bundle and the fast tier ($BESIDE_LOG)"
 beside_phase_1 >"$BESIDE_LOG" 2>&1 &
 beside=$!
 "$PY" -m pytest -q -ra --durations=5 -m destructive || record $?
 wait "$beside" || record $?
 cat "$BESIDE_LOG"
 
-echo "== phase 2: everything else, on two workers"
+echo "== phase 2, the main phase: everything else, on two workers"
 "$PY" -m pytest -q -ra --durations=10 -n 2 --dist loadgroup -m "slow and not destructive" || record $?
 exit "$status"

@@ -34,16 +34,17 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
 # Phases and workers. ``make test`` (scripts/test.sh) runs in two phases:
-#   1. the destructive tests (kills and bursts, timed to the second, and the two-node test,
-#      whose node startup has a fixed 30 s deadline in Ray), one after the other: beside each
-#      other the two-node test's recovery took up to 164 s of its 180 s bound, and once
-#      failed (docs/operations.md, "Test suite"). Only work that starts no Ray runs beside
-#      them, at idle CPU priority: the quick demo bundle's build and the fast tier;
-#   2. everything else (``-m "slow and not destructive"``), on two pytest-xdist workers
+#   1. the destructive phase: the destructive tests (kills and bursts, timed to the second,
+#      and the two-node test, whose node startup has a fixed 30 s deadline in Ray), one after
+#      the other: beside each other the two-node test's recovery took up to 164 s of its
+#      180 s bound, and once failed (docs/operations.md, "Test suite"). Only work that starts
+#      no Ray runs beside them, at idle CPU priority: the quick demo bundle's build and the
+#      fast tier;
+#   2. the main phase: everything else (``-m "slow and not destructive"``), on two workers
 #      (``-n 2 --dist loadgroup``), each starting its own Ray cluster when a test first
 #      needs one.
-# In phase 2 all of a group's tests run on one worker, in order, and a module in no group
-# is a group of its own (``pytest_xdist_make_scheduler``). The two groups are balanced by
+# In the main phase all of a group's tests run on one worker, in order, and a module in no
+# group is a group of its own (``pytest_xdist_make_scheduler``). The two groups are balanced by
 # their modules' measured times (docs/operations.md, "Test suite").
 WORKER_GROUPS = {
     # One cluster, and the shared tiny-bundle app (``served_app``) with the apps beside it.
@@ -87,7 +88,7 @@ def pytest_collection_modifyitems(items):
     stands: the app is deployed once for all of them and deleted after the last
     (``pytest_runtest_teardown``), not kept idle beside the other modules' apps."""
     for item in items:
-        # A destructive test is slow too, so the fast tier and phase 2 never run one.
+        # A destructive test is slow too, so neither the fast tier nor the main phase runs one.
         if "ray_cluster" in getattr(item, "fixturenames", ()) or item.get_closest_marker("destructive"):
             item.add_marker(pytest.mark.slow)
     first_of_module = {}

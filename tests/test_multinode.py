@@ -275,7 +275,7 @@ def summarize(results: list) -> dict:
 
 
 # Destructive: it kills a node, and its startup misses Ray's fixed 30 s raylet deadline when the
-# other phase-1 worker loads the two cores (three heads in a row were seen to fail that way).
+# main phase's other worker loads the two cores (three heads in a row were seen to fail that way).
 @pytest.mark.slow
 @pytest.mark.destructive
 @pytest.mark.timeout(TOTAL_S)
