@@ -48,13 +48,13 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 # their modules' measured times (docs/operations.md, "Test suite").
 WORKER_GROUPS = {
     # One cluster, and the shared tiny-bundle app (``served_app``) with the apps beside it.
-    # And fuzzing's own app, for the balance.
+    # And, for the balance, fuzzing's and tracing's own apps, after the shared one.
     "shared-app": ("test_batch_scoring", "test_serving", "test_transcript", "test_ui_browser", "test_oip",
-                   "test_fuzz"),
+                   "test_fuzz", "test_tracing"),
     # The test that starts a cluster of its own (make run, make loadtest's runner and a bundle
     # rollover against it), the modules that change their app's replicas, and modules whose
     # apps need settings of their own.
-    "own-clusters": ("test_front_door", "test_operations", "test_prometheus", "test_tracing", "test_security"),
+    "own-clusters": ("test_front_door", "test_operations", "test_prometheus", "test_security"),
 }
 _GROUP_OF = {module: group for group, modules in WORKER_GROUPS.items() for module in modules}
 
