@@ -27,16 +27,13 @@ idle_priority() {
   fi
 }
 
-beside_phase_1() {
-  local rc=0
+beside_phase_1() {  # run in the background: a subshell, with its own status
   echo "== the quick demo bundle (python -m model.demo.quick)"
-  idle_priority "$PY" -m model.demo.quick || rc=$?
+  idle_priority "$PY" -m model.demo.quick || record $?
   echo "== the fast tier (make test-fast)"
   # No cache provider: two pytest sessions at once would both write .pytest_cache.
-  idle_priority "$PY" -m pytest -q -ra -p no:cacheprovider -m "not slow"
-  local fast=$?
-  [ "$rc" -ne 0 ] || rc=$fast
-  return "$rc"
+  idle_priority "$PY" -m pytest -q -ra -p no:cacheprovider -m "not slow" || record $?
+  return "$status"
 }
 
 echo "== phase 1, the destructive phase: the destructive tests; beside them, the quick demo bundle and the fast tier ($BESIDE_LOG)"
