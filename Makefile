@@ -29,8 +29,8 @@ $(STAMP): pyproject.toml scripts/venv.sh
 
 # The whole venv's bytecode, as pip writes it at install time, for processes started outside
 # make (`serve run serve_config.yaml`, and the Ray workers it starts) where
-# PYTHONDONTWRITEBYTECODE is set. `make test` does not wait for it: the suite imports a sixth
-# of the venv's modules, and compiles them as it goes (docs/operations.md, "Development").
+# PYTHONDONTWRITEBYTECODE is set. `make test` does not wait for it: the suite imports a small
+# part of the venv, and compiles that as it goes (docs/operations.md, "Development").
 # Best effort, as pip's: a few of torch's test helpers are Python 3.12 syntax.
 $(COMPILED): $(STAMP)
 	$(BIN)/python -m compileall -qq -j 0 "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" || true
