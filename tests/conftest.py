@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -206,6 +207,30 @@ def apply_config(application: dict) -> None:
     from ray.serve.schema import ServeDeploySchema
 
     _get_global_client().deploy_apps(ServeDeploySchema.model_validate({"applications": [application]}))
+
+
+def wait_app_running(name: str, timeout_s: float = 180.0) -> None:
+    """Until Serve reports the app RUNNING; fails at once if its deploy failed."""
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        app = serve.status().applications.get(name)
+        if app is not None and app.status == "RUNNING":
+            return
+        assert app is None or app.status != "DEPLOY_FAILED", app and app.message
+        time.sleep(0.5)
+    raise TimeoutError(f"{name} not RUNNING within {timeout_s} s")
+
+
+def deploy_config(url: str, application: dict) -> str:
+    """``deploy`` for a serve_config.yaml-shaped application (``apply_config``): deploy it
+    and wait until it answers."""
+    apply_config(application)
+    wait_app_running(application["name"])
+    app_url = url.rstrip("/") + application["route_prefix"]
+    wait_healthy(app_url)
+    return app_url
 
 
 # The served bundle's examples/ (the layout model.demo writes, deployments/ui/bundle_card.py):

@@ -18,7 +18,7 @@ import uuid
 import httpx
 import pytest
 
-from tests.conftest import apply_config, serve_log_dir, wait_healthy
+from tests.conftest import apply_config, deploy_config, serve_log_dir, wait_app_running
 
 pytestmark = pytest.mark.slow
 
@@ -53,19 +53,6 @@ def apply(bundle, text_batching: dict) -> None:
     apply_config(config(bundle, text_batching))
 
 
-def wait_running(timeout_s: float = 180.0) -> None:
-    from ray import serve
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        app = serve.status().applications.get(APP)
-        if app is not None and app.status == "RUNNING":
-            return
-        assert app is None or app.status != "DEPLOY_FAILED", app and app.message
-        time.sleep(0.5)
-    raise TimeoutError(f"{APP} not RUNNING within {timeout_s} s")
-
-
 def running_replicas(deployment: str) -> int:
     from ray import serve
 
@@ -76,10 +63,7 @@ def running_replicas(deployment: str) -> int:
 def url(ray_cluster, tiny_bundle):
     from ray import serve
 
-    apply(tiny_bundle, BATCHING)
-    wait_running()
-    app_url = ray_cluster + PREFIX
-    wait_healthy(app_url)
+    app_url = deploy_config(ray_cluster, config(tiny_bundle, BATCHING))
     yield app_url
     serve.delete(APP)
 
@@ -89,7 +73,7 @@ def batching(url, tiny_bundle):
     """Apply a TextEncoder user_config for one test; the module's is restored after it."""
     def change(new: dict) -> None:
         apply(tiny_bundle, new)
-        wait_running()
+        wait_app_running(APP)
 
     yield change
     change(BATCHING)

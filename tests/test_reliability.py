@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from deployments.replica import FAULT_INJECTION_ENV
-from tests.conftest import apply_config, serve_log_dir, tone, wait_healthy
+from tests.conftest import apply_config, deploy_config, serve_log_dir, tone, wait_healthy
 
 # Kills and bursts, timed to the second: nothing else may load the machine meanwhile.
 pytestmark = [pytest.mark.slow, pytest.mark.destructive]
@@ -71,8 +71,8 @@ def app_config(bundle, audio_encoders: int = 2) -> dict:
     does: the last test scales it to one AudioEncoder in place, without a second app."""
     return {"name": APP, "route_prefix": PREFIX, "import_path": "deployments.app:build_app",
             "args": {"bundle": str(bundle), "settings": SETTINGS},
-            "deployments": [{"name": name, **options, **({"num_replicas": audio_encoders}
-                                                          if name == "AudioEncoder" else {})}
+            "deployments": [{"name": name, **options,
+                             "num_replicas": audio_encoders if name == "AudioEncoder" else options["num_replicas"]}
                             for name, options in DEPLOYMENTS.items()]}
 
 
@@ -80,9 +80,7 @@ def app_config(bundle, audio_encoders: int = 2) -> dict:
 def app_url(ray_cluster, tiny_bundle):
     from ray import serve
 
-    apply_config(app_config(tiny_bundle))
-    url = ray_cluster.rstrip("/") + PREFIX
-    wait_healthy(url)
+    url = deploy_config(ray_cluster, app_config(tiny_bundle))
     yield url
     serve.delete(APP)
 
