@@ -26,6 +26,7 @@ Run alone with ``pytest tests/test_multinode.py -s`` to see the figures.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -125,7 +126,7 @@ import httpx  # noqa: E402
 import pytest  # noqa: E402
 
 from deployments import ray_env  # noqa: E402
-from harness import free_port, node_ports, pids_with_env, port_flags, repo_pythonpath  # noqa: E402
+from harness import free_port, node_ports, pids_with_env, port_flags, repo_pythonpath, role_of  # noqa: E402
 
 
 def _die_with_parent() -> None:
@@ -354,14 +355,14 @@ def test_encoder_node_outage_and_recovery(tiny_bundle, wav_bytes):
 
         traffic = Traffic(url, wav_b64)
         traffic.start()
-        time.sleep(3)
+        time.sleep(2)
 
         # ---- outage: the encoder node crashes ------------------------------------
         t_kill = time.time()
         worker.kill(signal.SIGKILL)
         unhealthy = timeline.wait_for(encoders_unhealthy, t_kill, DETECT_S, "Serve to report the encoders unhealthy")
         detect_s = unhealthy["t"] - t_kill
-        time.sleep(5)  # a few more seconds of traffic against the degraded app
+        time.sleep(2)  # a few more seconds of traffic against the degraded app
 
         # ---- the node returns (new process, new ports, same resources) ------------
         t_back = time.time()
@@ -423,6 +424,13 @@ def test_encoder_node_outage_and_recovery(tiny_bundle, wav_bytes):
         for node in reversed(nodes):
             node.stop()
         leftovers = {node.name: node.group_alive() for node in nodes if node.group_alive()}
+        # Serve's HAProxy outlives its node: only a graceful Serve shutdown stops it (as in
+        # scripts/run.sh), and it would hold this cleanup for the whole wait below. SIGTERM
+        # is its hard stop.
+        for pid in pids_with_env(marker):
+            with contextlib.suppress(OSError):
+                if role_of([os.readlink(f"/proc/{pid}/exe")]) == "HAProxy":
+                    os.kill(pid, signal.SIGTERM)
         # Workers run in process groups of their own and exit when their raylet is gone;
         # give them a moment, then kill any that did not.
         deadline = time.monotonic() + 15
