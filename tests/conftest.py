@@ -12,6 +12,8 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -49,19 +51,24 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 # their modules' measured times (docs/operations.md, "Test suite").
 WORKER_GROUPS = {
     # One cluster, and the shared tiny-bundle app (``served_app``) with the apps beside it.
-    # And, for the balance, fuzzing's and tracing's own apps, after the shared one.
+    # And, for the balance, tracing's own app, after the shared one.
     "shared-app": ("test_batch_scoring", "test_serving", "test_transcript", "test_ui_browser", "test_oip",
-                   "test_fuzz", "test_tracing"),
+                   "test_tracing"),
     # The test that starts a cluster of its own (make run, make loadtest's runner and a bundle
-    # rollover against it), the modules that change their app's replicas, and modules whose
-    # apps need settings of their own.
-    "own-clusters": ("test_front_door", "test_operations", "test_prometheus", "test_security"),
+    # rollover against it), the modules that change their app's replicas, modules whose apps
+    # need settings of their own, and the two that share the app behind a key (``guarded_app``).
+    "own-clusters": ("test_front_door", "test_operations", "test_prometheus", "test_security", "test_fuzz"),
 }
 _GROUP_OF = {module: group for group, modules in WORKER_GROUPS.items() for module in modules}
 
 
-def _uses_served_app(item) -> bool:
-    return "served_app" in getattr(item, "fixturenames", ())
+# The apps that several modules share, each deployed once and deleted after the last test
+# that uses it: fixture -> app name.
+SHARED_APPS = {"served_app": "sentiment", "guarded_app": "guarded"}
+
+
+def _uses(item, fixture: str) -> bool:
+    return fixture in getattr(item, "fixturenames", ())
 
 
 def pytest_xdist_make_scheduler(config, log):
@@ -85,9 +92,10 @@ def pytest_collection_modifyitems(items):
     """Every test that needs the Ray cluster is slow, marked or not: ``make test-fast``
     (``-m "not slow"``) can never start one by accident.
 
-    The modules that use ``served_app`` run one after another, where the first of them
-    stands: the app is deployed once for all of them and deleted after the last
-    (``pytest_runtest_teardown``), not kept idle beside the other modules' apps."""
+    The modules that use one of the ``SHARED_APPS`` run one after another, where the first of
+    them stands: the app is deployed once for all of them and deleted after the last
+    (``pytest_runtest_teardown``), not kept idle beside the other modules' apps. They must be
+    in one worker group, so that one worker runs them all."""
     for item in items:
         # A destructive test is slow too, so neither the fast tier nor the main phase runs one.
         if "ray_cluster" in getattr(item, "fixturenames", ()) or item.get_closest_marker("destructive"):
@@ -95,19 +103,21 @@ def pytest_collection_modifyitems(items):
     first_of_module = {}
     for index, item in enumerate(items):
         first_of_module.setdefault(item.module.__name__, index)
-    sharing = [first_of_module[item.module.__name__] for item in items if _uses_served_app(item)]
-    block = min(sharing, default=0)
+    sharing = {fixture: {first_of_module[item.module.__name__] for item in items if _uses(item, fixture)}
+               for fixture in SHARED_APPS}
 
     def place(item):
         own = first_of_module[item.module.__name__]
-        return (block if own in sharing else own, own)
+        block = next((min(modules) for modules in sharing.values() if own in modules), own)
+        return (block, own)
 
     items.sort(key=place)
 
 
 def pytest_runtest_teardown(item, nextitem):
-    if _uses_served_app(item) and not any(_uses_served_app(later) for later in _items_after(item)):
-        _SHARED.pop("served_app", lambda: None)()
+    for fixture in SHARED_APPS:
+        if _uses(item, fixture) and not any(_uses(later, fixture) for later in _items_after(item)):
+            _SHARED.pop(fixture, lambda: None)()
 
 
 def _items_after(item):
@@ -293,7 +303,49 @@ def served_app(ray_cluster, served_bundle):
     }
     from ray import serve
 
-    url = deploy(ray_cluster, args)
-    _SHARED["served_app"] = lambda: serve.delete("sentiment")
+    url = deploy(ray_cluster, args, name=SHARED_APPS["served_app"])
+    _SHARED["served_app"] = lambda: serve.delete(SHARED_APPS["served_app"])
     yield url
     _SHARED.pop("served_app", lambda: None)()
+
+
+GUARDED_KEY_ENV = "SENTIMENT_TEST_API_KEY"
+# Small caps, so that fuzzing reaches every one with small bodies. /v1/predict and Gradio's
+# upload take long recordings: their caps are the max_long_* ones.
+GUARDED_LIMITS = {"max_body_bytes": 256 * 1024, "max_text_chars": 300, "max_audio_bytes": 128 * 1024,
+                  "max_audio_seconds": 3, "max_long_body_bytes": 256 * 1024,
+                  "max_long_audio_bytes": 128 * 1024, "max_long_audio_seconds": 3}
+
+
+@dataclass(frozen=True)
+class GuardedApp:
+    url: str
+    key: str
+    limits: dict
+
+    @property
+    def bearer(self) -> dict:
+        return {"Authorization": f"Bearer {self.key}"}
+
+
+@pytest.fixture(scope="session")
+def guarded_app(ray_cluster, tiny_bundle) -> GuardedApp:
+    """The tiny bundle behind an API key, UI on, with small input limits (``GUARDED_LIMITS``).
+    The security checks (test_security) and the fuzzing of the served API (test_fuzz) share
+    it; deleted after the last test that uses it. The key is made here, for this run only."""
+    from ray import serve
+
+    key = "k-" + uuid.uuid4().hex
+    args = {
+        "bundle": str(tiny_bundle),
+        "settings": {"ui": True, "api_key_env": GUARDED_KEY_ENV, "limits": GUARDED_LIMITS},
+        "deployments": {
+            "Driver": {"ray_actor_options": {"num_cpus": 0.1, "runtime_env": {"env_vars": {GUARDED_KEY_ENV: key}}}},
+            **{name: {"ray_actor_options": {"num_cpus": 0.1}} for name in ("TextEncoder", "AudioEncoder", "FusionHead")},
+        },
+    }
+    name = SHARED_APPS["guarded_app"]
+    url = deploy(ray_cluster, args, name=name, route_prefix=f"/{name}")
+    _SHARED["guarded_app"] = lambda: serve.delete(name)
+    yield GuardedApp(url, key, GUARDED_LIMITS)
+    _SHARED.pop("guarded_app", lambda: None)()

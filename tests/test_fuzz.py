@@ -232,27 +232,10 @@ def test_fuzzing_draws_the_same_examples_every_run(fuzz):
 
 
 @pytest.fixture(scope="module")
-def url(ray_cluster, tiny_bundle):
-    from ray import serve
-
-    from tests.conftest import deploy
-
-    args = {"bundle": str(tiny_bundle),
-            # /v1/predict takes long recordings: its caps are the max_long_* ones.
-            "settings": {"ui": False, "limits": {"max_body_bytes": 256 * 1024, "max_text_chars": 300,
-                                                 "max_audio_bytes": 128 * 1024, "max_audio_seconds": 3,
-                                                 "max_long_body_bytes": 256 * 1024,
-                                                 "max_long_audio_bytes": 128 * 1024, "max_long_audio_seconds": 3}},
-            "deployments": {name: {"ray_actor_options": {"num_cpus": 0.1}}
-                            for name in ("Driver", "TextEncoder", "AudioEncoder", "FusionHead")}}
-    app_url = deploy(ray_cluster, args, name="fuzz", route_prefix="/fuzz")
-    yield app_url
-    serve.delete("fuzz")
-
-
-@pytest.fixture(scope="module")
-def client(url):
-    with httpx.Client(base_url=url, timeout=30) as c:
+def client(guarded_app):
+    """The served API with small limits (``conftest.GUARDED_LIMITS``), behind its API key:
+    fuzzed with the key, since test_security checks what the key lets through."""
+    with httpx.Client(base_url=guarded_app.url, headers=guarded_app.bearer, timeout=30) as c:
         yield c
 
 

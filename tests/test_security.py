@@ -17,16 +17,9 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import deploy, tone
+from tests.conftest import tone
 
 ROOT = Path(__file__).resolve().parent.parent
-APP, PREFIX = "secure", "/sec"
-KEY_ENV = "SENTIMENT_TEST_API_KEY"
-KEY = "k-" + uuid.uuid4().hex
-# The long-recording caps too: /v1/predict and Gradio's upload take long recordings.
-LIMITS = {"max_body_bytes": 3 * 1024 * 1024, "max_audio_bytes": 1024 * 1024,
-          "max_long_body_bytes": 3 * 1024 * 1024, "max_long_audio_bytes": 1024 * 1024}
-
 # ---- static checks: no pickle on the request path or in bundles ---------------------
 
 SOURCE_DIRS = ("model", "deployments", "jobs", "harness", "benchmarks", "cluster", "loadtest", "scripts")
@@ -111,23 +104,9 @@ def test_driver_rejections_carry_retry_after():
 
 
 @pytest.fixture(scope="module")
-def url(ray_cluster, tiny_bundle):
-    from ray import serve
-
-    args = {
-        "bundle": str(tiny_bundle),
-        "settings": {"ui": True, "api_key_env": KEY_ENV, "limits": LIMITS},
-        "deployments": {
-            "Driver": {"ray_actor_options": {"num_cpus": 0.1, "runtime_env": {"env_vars": {KEY_ENV: KEY}}}},
-            **{name: {"ray_actor_options": {"num_cpus": 0.1}} for name in ("TextEncoder", "AudioEncoder", "FusionHead")},
-        },
-    }
-    app_url = deploy(ray_cluster, args, name=APP, route_prefix=PREFIX)
-    yield app_url
-    serve.delete(APP)
-
-
-BEARER = {"Authorization": f"Bearer {KEY}"}
+def app(guarded_app):
+    """The tiny bundle behind an API key, with small input limits, shared with test_fuzz."""
+    return guarded_app
 
 
 def basic(user: str, password: str) -> dict:
@@ -135,10 +114,19 @@ def basic(user: str, password: str) -> dict:
 
 
 
+WRONG_CREDENTIALS = {
+    "none": lambda key: {},
+    "wrong-bearer": lambda key: {"Authorization": "Bearer wrong"},
+    "key-without-scheme": lambda key: {"Authorization": key},
+    "key-with-another-scheme": lambda key: {"Authorization": f"Token {key}"},
+    "wrong-password": lambda key: basic("x", "wrong"),
+}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY},
-                                     {"Authorization": f"Token {KEY}"}, basic("x", "wrong")])
-def test_api_without_the_right_key_is_401(url, headers):
+@pytest.mark.parametrize("credentials", WRONG_CREDENTIALS)
+def test_api_without_the_right_key_is_401(app, credentials):
+    url, headers = app.url, WRONG_CREDENTIALS[credentials](app.key)
     for path in ("/v1/model", "/v1/stats"):
         r = httpx.get(url + path, headers=headers, timeout=30)
         assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
@@ -148,31 +136,33 @@ def test_api_without_the_right_key_is_401(url, headers):
 
 
 @pytest.mark.slow
-def test_api_with_the_key_works_and_health_stays_open(url):
-    r = httpx.post(url + "/v1/predict", json={"text": "a fine film"}, headers=BEARER, timeout=30)
+def test_api_with_the_key_works_and_health_stays_open(app):
+    url = app.url
+    r = httpx.post(url + "/v1/predict", json={"text": "a fine film"}, headers=app.bearer, timeout=30)
     assert r.status_code == 200, r.text
     assert httpx.get(url + "/healthz", timeout=30).status_code == 200
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", ["/", "/config", "/gradio_api/info", "/docs", "/openapi.json"])
-def test_ui_and_docs_sit_behind_the_same_key(url, path):
+def test_ui_and_docs_sit_behind_the_same_key(app, path):
+    url = app.url
     r = httpx.get(url + path, timeout=30)
     assert r.status_code == 401
     if not path.startswith("/v1"):
         assert r.headers["www-authenticate"].startswith("Basic")  # the browser's login prompt
     # A browser answers the prompt with any user name and the key as password.
-    assert httpx.get(url + path, headers=basic("anyone", KEY), timeout=30).status_code == 200
-    assert httpx.get(url + path, headers=BEARER, timeout=30).status_code == 200
+    assert httpx.get(url + path, headers=basic("anyone", app.key), timeout=30).status_code == 200
+    assert httpx.get(url + path, headers=app.bearer, timeout=30).status_code == 200
 
 
 @pytest.mark.slow
-def test_gradio_ui_predicts_behind_the_key(url, tmp_path, wav_bytes):
+def test_gradio_ui_predicts_behind_the_key(app, tmp_path, wav_bytes):
     from gradio_client import Client, handle_file
 
     clip = tmp_path / "clip.wav"
     clip.write_bytes(wav_bytes)
-    client = Client(url + "/", headers=BEARER, verbose=False, analytics_enabled=False)
+    client = Client(app.url + "/", headers=app.bearer, verbose=False, analytics_enabled=False)
     label = client.predict("what a great film", handle_file(str(clip)), api_name="/predict")[0]
     assert label["label"] in {"negative", "positive"}
 
@@ -213,44 +203,44 @@ def raw_get(url: str, path: str, headers: dict) -> tuple[int, bytes]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", TRAVERSALS)
-def test_gradio_serves_no_file_outside_its_uploads(url, path):
-    status, body = raw_get(url, path, BEARER)
+def test_gradio_serves_no_file_outside_its_uploads(app, path):
+    status, body = raw_get(app.url, path, app.bearer)
     assert status >= 400, (status, body[:200])
-    assert b"root:" not in body and KEY.encode() not in body
+    assert b"root:" not in body and app.key.encode() not in body
 
 
 @pytest.mark.slow
-def test_gradio_serves_none_of_our_files_named_outright(url, tiny_bundle):
+def test_gradio_serves_none_of_our_files_named_outright(app, tiny_bundle):
     for name in ("bundle.json", "fusion.safetensors", "text_encoder/config.json"):
-        status, body = raw_get(url, f"/gradio_api/file={tiny_bundle / name}", BEARER)
+        status, body = raw_get(app.url, f"/gradio_api/file={tiny_bundle / name}", app.bearer)
         assert status >= 400 and b"tiny-test" not in body, (name, status)
 
 
-def upload(url: str, content, headers: dict | None = None) -> httpx.Response:
+def upload(app, content) -> httpx.Response:
     boundary = "b0undary"
     head = f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="big.wav"\r\n\r\n'.encode()
     tail = f"\r\n--{boundary}--\r\n".encode()
     body = (head + content + tail) if isinstance(content, bytes) else iter([head, *content, tail])
-    return httpx.post(url + "/gradio_api/upload", content=body, timeout=60,
-                      headers={**BEARER, "content-type": f"multipart/form-data; boundary={boundary}", **(headers or {})})
+    return httpx.post(app.url + "/gradio_api/upload", content=body, timeout=60,
+                      headers={**app.bearer, "content-type": f"multipart/form-data; boundary={boundary}"})
 
 
 @pytest.mark.slow
-def test_uploads_are_capped(url):
-    body_cap = LIMITS["max_body_bytes"]
-    gradio_cap = httpx.get(url + "/config", headers=BEARER, timeout=30).json().get("max_file_size")
+def test_uploads_are_capped(app):
+    body_cap = app.limits["max_body_bytes"]
+    gradio_cap = httpx.get(app.url + "/config", headers=app.bearer, timeout=30).json().get("max_file_size")
     print(f"\n[uploads] Gradio max_file_size {gradio_cap}, edge body cap {body_cap}")
     assert gradio_cap is not None and gradio_cap <= body_cap
     # The edge's cap on every body: declared (Content-Length) and chunked alike.
-    r = upload(url, b"\0" * (body_cap + 1024))
+    r = upload(app, b"\0" * (body_cap + 1024))
     assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
-    r = upload(url, [b"\0" * (256 * 1024)] * (body_cap // (256 * 1024) + 1))
+    r = upload(app, [b"\0" * (256 * 1024)] * (body_cap // (256 * 1024) + 1))
     assert "content-length" not in r.request.headers
     assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
     # A small upload still works, and lands in Gradio's own temp folder.
-    r = upload(url, b"RIFF" + b"\0" * 1000)
+    r = upload(app, b"RIFF" + b"\0" * 1000)
     assert r.status_code == 200 and r.json()[0].startswith(tempfile.gettempdir())
-    assert httpx.get(url + "/healthz", timeout=30).status_code == 200
+    assert httpx.get(app.url + "/healthz", timeout=30).status_code == 200
 
 
 # ---- logs: request ids yes, text and audio no ------------------------------------------
@@ -266,7 +256,7 @@ def all_log_text(skip: tuple[str, ...] = ()) -> str:
 
 
 @pytest.mark.slow
-def test_logs_hold_request_ids_but_never_text_or_audio(url):
+def test_logs_hold_request_ids_but_never_text_or_audio(app):
     from model.audio import encode_wav
 
     secret_text = f"my secret diary entry {uuid.uuid4().hex}"
@@ -279,7 +269,7 @@ def test_logs_hold_request_ids_but_never_text_or_audio(url):
         {"text": secret_text * 80},                                     # too long
         {"text": secret_text, "audio": base64.b64encode(b"RIFF" + b"x" * 600).decode()},  # undecodable
     ]
-    statuses = [httpx.post(url + "/v1/predict", json=body, headers={**BEARER, "X-Request-ID": request_id},
+    statuses = [httpx.post(app.url + "/v1/predict", json=body, headers={**app.bearer, "X-Request-ID": request_id},
                            timeout=60).status_code for body, request_id in zip(requests, ids)]
     assert statuses == [200, 400, 413, 422]
     deadline, text = time.monotonic() + 20, ""
@@ -295,4 +285,4 @@ def test_logs_hold_request_ids_but_never_text_or_audio(url):
     # agent logs env_vars verbatim: that file aside, no log may hold it. (In
     # production the key comes from the processes' environment, e.g. a Kubernetes
     # Secret, and never passes through runtime_env; see the README.)
-    assert KEY not in all_log_text(skip=("runtime_env_agent",))
+    assert app.key not in all_log_text(skip=("runtime_env_agent",))

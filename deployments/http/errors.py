@@ -50,6 +50,10 @@ class UnsupportedMediaType(ServiceError):
     status, code = 415, "unsupported_media_type"
 
 
+class NotFound(ServiceError):
+    status, code = 404, "not_found"
+
+
 class Overloaded(ServiceError):
     status, code = 503, "overloaded"
 
@@ -132,3 +136,12 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, handle_validation)
     app.add_exception_handler(StarletteHTTPException, handle_http)
     app.add_exception_handler(Exception, handle)
+
+
+async def not_found(scope, receive, send) -> None:
+    """An ASGI app: the documented 404 for a path no route takes. It is the router default of
+    the Gradio app mounted at "/", which takes every path the API's own routes do not:
+    Gradio's own 404 body is ``{"detail": ...}``, not the API's error shape."""
+    request = Request(scope, receive)
+    response = error_response(NotFound("Not Found"), getattr(request.state, "request_id", None))
+    await response(scope, receive, send)

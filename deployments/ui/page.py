@@ -18,8 +18,9 @@ import logging
 from pathlib import Path
 
 import gradio as gr
+from starlette.routing import Mount
 
-from deployments.http.errors import PayloadTooLarge, status_for
+from deployments.http.errors import PayloadTooLarge, not_found, status_for
 from deployments.http.parsing import PredictInput, check_input
 from deployments.ui.bundle_card import load_examples, model_card
 from deployments.ui.event_scope import event_scope
@@ -266,6 +267,10 @@ def mount_ui(app, driver) -> None:
     # ssr_mode=False: client-side rendering only, so Gradio never starts a Node server in the replica.
     gr.mount_gradio_app(app, demo, path="/", max_file_size=max_upload, enable_monitoring=False, ssr_mode=False,
                         run_history=False)
+    # Mounted at "/", Gradio's app takes every path the API's routes do not; one it has no
+    # route for either gets the API's documented 404, not Gradio's own body.
+    [gradio_app] = [route.app for route in app.routes if isinstance(route, Mount) and route.path == ""]
+    gradio_app.router.default = not_found
     # Gradio checks that a file path an event receives lies in its upload folder only once
     # the app has "launched", which mount_gradio_app never marks: without this line a
     # client could name any file on the replica's disk as an input.
