@@ -51,7 +51,6 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 # their modules' measured times (docs/operations.md, "Test suite").
 WORKER_GROUPS = {
     # One cluster, and the shared tiny-bundle app (``served_app``) with the apps beside it.
-    # And, for the balance, tracing's own app, after the shared one.
     "shared-app": ("test_batch_scoring", "test_serving", "test_transcript", "test_ui_browser", "test_oip",
                    "test_tracing"),
     # The test that starts a cluster of its own (make run, make loadtest's runner and a bundle
@@ -287,21 +286,41 @@ def served_bundle(tiny_bundle, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def served_app(ray_cluster, served_bundle):
+def otlp_collector():
+    """The OTLP/HTTP receiver the shared app's replicas export their traces to."""
+    from tests.otlp_collector import Collector
+
+    collector = Collector()
+    yield collector
+    collector.server.shutdown()
+
+
+@pytest.fixture(scope="session")
+def served_app(ray_cluster, served_bundle, otlp_collector):
     """The app serving the tiny bundle (with examples) at ``/``, UI on, two Driver replicas as in
-    serve_config.yaml; batch windows widened so batching is observable.
+    serve_config.yaml; batch windows widened so batching is observable; its traces exported
+    to ``otlp_collector`` (tests/test_tracing.py), every half second (OpenTelemetry's
+    default: 5 s).
 
     Shared by the modules that leave it as they found it (every app deployed costs about
     40 s of CPU on the two cores); deleted after the last test that uses it (an idle app
     still costs CPU: health checks, metrics)."""
+    from ray import serve
+
+    from deployments import tracing
+    from deployments.app import AudioEncoderDeployment, Driver, FusionHeadDeployment, TextEncoderDeployment
+
+    env = tracing.ray_env(otlp_collector.endpoint) | {"OTEL_BSP_SCHEDULE_DELAY": "500"}
+    # ray_actor_options replace the code's: its CPU shares are kept, with the tracing environment.
+    traced = {d.name: {"ray_actor_options": {**d.ray_actor_options, "runtime_env": {"env_vars": env}}}
+              for d in (Driver, TextEncoderDeployment, AudioEncoderDeployment, FusionHeadDeployment)}
     args = {
         "bundle": str(served_bundle),
-        "deployments": {
-            "Driver": {"num_replicas": SERVED_DRIVER_REPLICAS},
-            "TextEncoder": {"user_config": {"max_batch_size": 16, "batch_wait_timeout_s": 0.05}},
+        "deployments": traced | {
+            "Driver": traced["Driver"] | {"num_replicas": SERVED_DRIVER_REPLICAS},
+            "TextEncoder": traced["TextEncoder"] | {"user_config": {"max_batch_size": 16, "batch_wait_timeout_s": 0.05}},
         },
     }
-    from ray import serve
 
     url = deploy(ray_cluster, args, name=SHARED_APPS["served_app"])
     _SHARED["served_app"] = lambda: serve.delete(SHARED_APPS["served_app"])

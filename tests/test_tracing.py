@@ -1,114 +1,27 @@
 """Traces: one request is one connected trace across the four deployments, exported over OTLP; off by default.
 
-The collector is a real OTLP/HTTP receiver in this process (``/v1/traces``, protobuf,
-decoded with ``opentelemetry-proto``); the replicas' exporter reaches it over HTTP the
-way it would reach an OpenTelemetry Collector. The traced app's replicas get the
-environment ``deployments.tracing.ray_env`` gives ``make run`` (through their
-``runtime_env``, since the shared test cluster started without it).
+The collector is a real OTLP/HTTP receiver in this process (``tests/otlp_collector.py``);
+the replicas' exporter reaches it over HTTP the way it would reach an OpenTelemetry
+Collector. The shared app's replicas (``conftest.served_app``) get the environment
+``deployments.tracing.ray_env`` gives ``make run`` (through their ``runtime_env``, since
+the test cluster started without it), so these tests trace requests to that app.
 """
 
 from __future__ import annotations
 
 import base64
 import concurrent.futures
-import gzip
 import re
-import threading
 import time
 from collections import defaultdict
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
 
 from deployments import ray_env, tracing
-from tests.conftest import deploy
-
-APP, PREFIX = "traced", "/traced"
 MODEL_DEPLOYMENTS = ("TextEncoder", "AudioEncoder", "FusionHead")
-# The batch span processor exports every half second here (its default is 5 s).
+# The batch span processor exports every half second here (its default is 5 s, conftest.served_app).
 EXPORT_LIMIT_S = 60.0
-
-
-class Collector:
-    """Spans received over OTLP/HTTP, as dicts."""
-
-    def __init__(self):
-        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (ExportTraceServiceRequest,
-                                                                               ExportTraceServiceResponse)
-
-        self.spans: list[dict] = []
-        self.lock = threading.Lock()
-        collector = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                if self.headers.get("Content-Encoding") == "gzip":
-                    body = gzip.decompress(body)
-                if self.path != "/v1/traces":
-                    self.send_error(404)
-                    return
-                request = ExportTraceServiceRequest.FromString(body)
-                collector.add(request)
-                reply = ExportTraceServiceResponse().SerializeToString()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
-
-            def log_message(self, *args):  # quiet
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def add(self, request) -> None:
-        def value(v):
-            return getattr(v, v.WhichOneof("value")) if v.WhichOneof("value") else None
-
-        for resource_spans in request.resource_spans:
-            resource = {a.key: value(a.value) for a in resource_spans.resource.attributes}
-            for scope_spans in resource_spans.scope_spans:
-                for span in scope_spans.spans:
-                    with self.lock:
-                        self.spans.append({
-                            "name": span.name, "trace_id": span.trace_id.hex(), "span_id": span.span_id.hex(),
-                            "parent": span.parent_span_id.hex(), "resource": resource,
-                            "attributes": {a.key: value(a.value) for a in span.attributes},
-                        })
-
-    def of_request(self, request_id: str) -> list[dict]:
-        with self.lock:
-            return [s for s in self.spans if s["attributes"].get("request_id") == request_id]
-
-    def of_trace(self, trace_id: str) -> list[dict]:
-        with self.lock:
-            return [s for s in self.spans if s["trace_id"] == trace_id]
-
-
-@pytest.fixture(scope="module")
-def collector():
-    collector = Collector()
-    yield collector
-    collector.server.shutdown()
-
-
-@pytest.fixture(scope="module")
-def traced_app(ray_cluster, tiny_bundle, collector):
-    from ray import serve
-
-    env = tracing.ray_env(collector.endpoint) | {"OTEL_BSP_SCHEDULE_DELAY": "500"}
-    actor = {"num_cpus": 0.1, "runtime_env": {"env_vars": env}}
-    options = {name: {"ray_actor_options": actor} for name in ("Driver", *MODEL_DEPLOYMENTS)}
-    # A batch window, so that concurrent texts share one forward pass.
-    options["TextEncoder"]["user_config"] = {"max_batch_size": 16, "batch_wait_timeout_s": 0.3}
-    url = deploy(ray_cluster, {"bundle": str(tiny_bundle), "settings": {"ui": True}, "deployments": options},
-                 name=APP, route_prefix=PREFIX)
-    yield url
-    serve.delete(APP)
 
 
 def wait_for(predicate, what: str):
@@ -119,23 +32,23 @@ def wait_for(predicate, what: str):
 
 
 @pytest.mark.slow
-def test_one_request_is_one_connected_trace(traced_app, collector, wav_bytes):
+def test_one_request_is_one_connected_trace(served_app, otlp_collector, wav_bytes):
     rid = "trace-both-1"
-    reply = httpx.post(f"{traced_app}/v1/predict", timeout=60, headers={"X-Request-ID": rid},
+    reply = httpx.post(f"{served_app}/v1/predict", timeout=60, headers={"X-Request-ID": rid},
                        json={"text": "a fine film", "audio": base64.b64encode(wav_bytes).decode()})
     assert reply.status_code == 200 and reply.json()["request_id"] == rid, reply.text
     wanted = {"edge", "decode_audio", *(f"{d}.forward" for d in MODEL_DEPLOYMENTS)}
-    wait_for(lambda: wanted <= {s["name"] for s in collector.of_request(rid)}, "spans of the request")
+    wait_for(lambda: wanted <= {s["name"] for s in otlp_collector.of_request(rid)}, "spans of the request")
     time.sleep(2)  # the replicas' last export of this request
 
-    traces_seen = {s["trace_id"] for s in collector.of_request(rid)}
-    for s in [s for t in traces_seen for s in collector.of_trace(t)]:
+    traces_seen = {s["trace_id"] for s in otlp_collector.of_request(rid)}
+    for s in [s for t in traces_seen for s in otlp_collector.of_trace(t)]:
         print(f'{s["trace_id"][:8]} {s["span_id"][:8]} <- {s["parent"][:8] or "root    "} {s["name"]} '
               f'{s["attributes"].get("request_id")}')
-    trace_ids = {s["trace_id"] for s in collector.of_request(rid)}
+    trace_ids = {s["trace_id"] for s in otlp_collector.of_request(rid)}
     assert len(trace_ids) == 1, "the request's spans are split over several traces"
     [trace_id] = trace_ids
-    spans = collector.of_trace(trace_id)
+    spans = otlp_collector.of_trace(trace_id)
     by_id = {s["span_id"]: s for s in spans}
     for s in spans:
         print(f'{s["name"]:<45} parent={by_id.get(s["parent"], {}).get("name", "-")}')
@@ -164,46 +77,48 @@ def test_one_request_is_one_connected_trace(traced_app, collector, wav_bytes):
 
 
 @pytest.mark.slow
-def test_a_shared_batch_keeps_every_request_in_its_own_trace(traced_app, collector):
-    rids = [f"trace-batch-{i}" for i in range(3)]
+def test_a_shared_batch_keeps_every_request_in_its_own_trace(served_app, otlp_collector):
+    # Sixteen at once, as test_serving's batching check sends them: with the shared app's
+    # 50 ms batch window, some of them ride one forward pass.
+    rids = [f"trace-batch-{i}" for i in range(16)]
 
     def send(rid):
-        return httpx.post(f"{traced_app}/v1/predict", timeout=60, headers={"X-Request-ID": rid},
+        return httpx.post(f"{served_app}/v1/predict", timeout=60, headers={"X-Request-ID": rid},
                           json={"text": f"request {rid}"}).status_code
 
     with concurrent.futures.ThreadPoolExecutor(len(rids)) as pool:
         assert list(pool.map(send, rids)) == [200] * len(rids)
     # Text-only: the text encoder fuses them itself, so TextEncoder.forward is their one forward span.
-    wait_for(lambda: all("TextEncoder.forward" in {s["name"] for s in collector.of_request(r)} for r in rids),
+    wait_for(lambda: all("TextEncoder.forward" in {s["name"] for s in otlp_collector.of_request(r)} for r in rids),
              "forward spans of the batched requests")
     traces = defaultdict(set)
     for rid in rids:
-        spans = collector.of_request(rid)
+        spans = otlp_collector.of_request(rid)
         traces[rid] = {s["trace_id"] for s in spans}
         assert len(traces[rid]) == 1, (rid, traces[rid])
     assert len(set.union(*traces.values())) == len(rids), "two requests share a trace"
-    sizes = [s["attributes"]["batch_size"] for r in rids for s in collector.of_request(r) if s["name"] == "TextEncoder.forward"]
+    sizes = [s["attributes"]["batch_size"] for r in rids for s in otlp_collector.of_request(r) if s["name"] == "TextEncoder.forward"]
     print("TextEncoder batch sizes seen by the traced requests:", sizes)
     assert max(sizes) >= 2, sizes  # at least two of them rode one forward pass, each with its own span
 
 
 @pytest.mark.slow
-def test_a_ui_event_is_one_trace_with_the_request_that_submitted_it(traced_app, collector, tmp_path, wav_bytes):
+def test_a_ui_event_is_one_trace_with_the_request_that_submitted_it(served_app, otlp_collector, tmp_path, wav_bytes):
     """Gradio runs an event in its queue's task, outside the HTTP request that submitted it;
     the event still continues that request's trace, under its request id."""
     from gradio_client import Client, handle_file
 
     wav = tmp_path / "speech.wav"
     wav.write_bytes(wav_bytes)
-    notes = Client(traced_app + "/", verbose=False).predict("a fine film", handle_file(str(wav)),
+    notes = Client(served_app + "/", verbose=False).predict("a fine film", handle_file(str(wav)),
                                                             api_name="/predict")[-1]
     [rid] = re.findall(r"Request `([^`]+)`", notes)
     wanted = {"ui.predict", "decode_audio", *(f"{d}.forward" for d in MODEL_DEPLOYMENTS)}
-    wait_for(lambda: wanted <= {s["name"] for s in collector.of_request(rid)}, "spans of the UI event")
+    wait_for(lambda: wanted <= {s["name"] for s in otlp_collector.of_request(rid)}, "spans of the UI event")
     time.sleep(2)  # the replicas' last export of this event
-    trace_ids = {s["trace_id"] for s in collector.of_request(rid)}
+    trace_ids = {s["trace_id"] for s in otlp_collector.of_request(rid)}
     assert len(trace_ids) == 1, "the event's spans are split over several traces"
-    spans = collector.of_trace(trace_ids.pop())
+    spans = otlp_collector.of_trace(trace_ids.pop())
     by_id = {s["span_id"]: s for s in spans}
     for s in spans:
         print(f'{s["name"]:<45} parent={by_id.get(s["parent"], {}).get("name", "-")} {s["attributes"].get("request_id")}')
