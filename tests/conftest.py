@@ -46,17 +46,19 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 #   2. the main phase: everything else (``-m "slow and not destructive"``), on two workers
 #      (``-n 2 --dist loadgroup``), each starting its own Ray cluster when a test first
 #      needs one.
-# In the main phase all of a group's tests run on one worker, in order, and a module in no
-# group is a group of its own (``pytest_xdist_make_scheduler``). The two groups are balanced by
-# their modules' measured times (docs/operations.md, "Test suite").
+# In the main phase all of a group's tests run on one worker, module after module in the order
+# the group lists them, and a module in no group is a group of its own
+# (``pytest_xdist_make_scheduler``). The two groups are balanced by their modules' measured
+# times, and each ends with modules that keep the cores busy: a module that mostly waits
+# (Prometheus's scrapes) runs while the other worker has work (docs/operations.md, "Test suite").
 WORKER_GROUPS = {
-    # One cluster, and the shared tiny-bundle app (``served_app``) with the apps beside it.
-    "shared-app": ("test_batch_scoring", "test_serving", "test_transcript", "test_ui_browser", "test_oip",
-                   "test_tracing"),
+    # Prometheus's app, then the shared tiny-bundle app (``served_app``) with the apps beside it.
+    "shared-app": ("test_prometheus", "test_batch_scoring", "test_serving", "test_oip", "test_tracing",
+                   "test_transcript", "test_ui_browser"),
     # The test that starts a cluster of its own (make run, make loadtest's runner and a bundle
-    # rollover against it), the modules that change their app's replicas, modules whose apps
-    # need settings of their own, and the two that share the app behind a key (``guarded_app``).
-    "own-clusters": ("test_front_door", "test_operations", "test_prometheus", "test_security", "test_fuzz"),
+    # rollover against it), the two modules that share the app behind a key (``guarded_app``),
+    # and the module that changes its app's replicas.
+    "own-clusters": ("test_front_door", "test_fuzz", "test_security", "test_operations"),
 }
 _GROUP_OF = {module: group for group, modules in WORKER_GROUPS.items() for module in modules}
 
@@ -99,14 +101,17 @@ def pytest_collection_modifyitems(items):
         # A destructive test is slow too, so neither the fast tier nor the main phase runs one.
         if "ray_cluster" in getattr(item, "fixturenames", ()) or item.get_closest_marker("destructive"):
             item.add_marker(pytest.mark.slow)
-    first_of_module = {}
+    # A module's rank: its place in its group, then where it was collected (the fast tier's
+    # modules, in no group, keep the collection order).
+    listed = {module: place for modules in WORKER_GROUPS.values() for place, module in enumerate(modules)}
+    rank = {}
     for index, item in enumerate(items):
-        first_of_module.setdefault(item.module.__name__, index)
-    sharing = {fixture: {first_of_module[item.module.__name__] for item in items if _uses(item, fixture)}
+        rank.setdefault(item.module.__name__, (listed.get(item.module.__name__, len(items)), index))
+    sharing = {fixture: {rank[item.module.__name__] for item in items if _uses(item, fixture)}
                for fixture in SHARED_APPS}
 
     def place(item):
-        own = first_of_module[item.module.__name__]
+        own = rank[item.module.__name__]
         block = next((min(modules) for modules in sharing.values() if own in modules), own)
         return (block, own)
 
