@@ -132,6 +132,16 @@ def _items_after(item):
 _SHARED: dict = {}  # name -> the finalizer of a fixture shared across modules
 
 
+def _shared_app(fixture: str, value):
+    """The rest of a ``SHARED_APPS`` fixture once its app is deployed: yields ``value``; the app
+    is deleted after the last test that uses it (``pytest_runtest_teardown``), else at the end."""
+    from ray import serve
+
+    _SHARED[fixture] = lambda: serve.delete(SHARED_APPS[fixture])
+    yield value
+    _SHARED.pop(fixture, lambda: None)()
+
+
 @pytest.fixture(scope="session")
 def artifacts_dir() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
@@ -310,8 +320,6 @@ def served_app(ray_cluster, served_bundle, otlp_collector):
     Shared by the modules that leave it as they found it (every app deployed costs about
     40 s of CPU on the two cores); deleted after the last test that uses it (an idle app
     still costs CPU: health checks, metrics)."""
-    from ray import serve
-
     from deployments import tracing
     from deployments.app import AudioEncoderDeployment, Driver, FusionHeadDeployment, TextEncoderDeployment
 
@@ -328,9 +336,7 @@ def served_app(ray_cluster, served_bundle, otlp_collector):
     }
 
     url = deploy(ray_cluster, args, name=SHARED_APPS["served_app"])
-    _SHARED["served_app"] = lambda: serve.delete(SHARED_APPS["served_app"])
-    yield url
-    _SHARED.pop("served_app", lambda: None)()
+    yield from _shared_app("served_app", url)
 
 
 GUARDED_KEY_ENV = "SENTIMENT_TEST_API_KEY"
@@ -357,8 +363,6 @@ def guarded_app(ray_cluster, tiny_bundle) -> GuardedApp:
     """The tiny bundle behind an API key, UI on, with small input limits (``GUARDED_LIMITS``).
     The security checks (test_security) and the fuzzing of the served API (test_fuzz) share
     it; deleted after the last test that uses it. The key is made here, for this run only."""
-    from ray import serve
-
     key = "k-" + uuid.uuid4().hex
     args = {
         "bundle": str(tiny_bundle),
@@ -370,6 +374,4 @@ def guarded_app(ray_cluster, tiny_bundle) -> GuardedApp:
     }
     name = SHARED_APPS["guarded_app"]
     url = deploy(ray_cluster, args, name=name, route_prefix=f"/{name}")
-    _SHARED["guarded_app"] = lambda: serve.delete(name)
-    yield GuardedApp(url, key, GUARDED_LIMITS)
-    _SHARED.pop("guarded_app", lambda: None)()
+    yield from _shared_app("guarded_app", GuardedApp(url, key, GUARDED_LIMITS))

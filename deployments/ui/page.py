@@ -21,7 +21,7 @@ import gradio as gr
 from starlette.routing import Mount
 
 from deployments.http.errors import PayloadTooLarge, not_found, status_for
-from deployments.http.parsing import PredictInput, check_input
+from deployments.http.parsing import check_input
 from deployments.ui.bundle_card import load_examples, model_card
 from deployments.ui.event_scope import event_scope
 from deployments.ui.file_scoring import (AudioArchive, BatchError, BatchLimits, columns, read_manifest, run_batch,
